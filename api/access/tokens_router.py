@@ -1,0 +1,202 @@
+"""`/auth/...` (log in and out, who am I) and API tokens: `/tokens` (your own) and `/users/{user}/tokens`
+(administrators, for bots). A token is shown once, when it is made; after that only its name, scope,
+expiry and last use."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import select
+
+from api.access import service
+from api.access.catalogue import sorted_values
+from api.access.router import user_read
+from api.access.schemas import (
+    LoginReply,
+    LoginRequest,
+    MeRead,
+    PasswordChange,
+    ProjectRole,
+    TokenCreate,
+    TokenRead,
+    TokenWithSecret,
+)
+from api.db import SessionDep
+from api.deps import TokenKeyDep
+from api.errors import error_responses
+from api.models import ApiToken, Project, ProjectMember, Role, User
+from api.schemas import Page, PageDep, fetch_page
+from api.security import CurrentUser, Permission, Principal, requires, user_principal
+
+auth_router = APIRouter(prefix="/auth", tags=["auth"])
+tokens_router = APIRouter(tags=["tokens"], responses=error_responses(401, 403))
+_SELF = "Any signed-in user, for themselves."
+
+
+def token_read(token: ApiToken, owner: str) -> TokenRead:
+    return TokenRead(
+        id=token.id,
+        user=owner,
+        name=token.name,
+        kind="login" if token.kind == "login" else "api",
+        permissions=token.permissions,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        last_used_at=token.last_used_at,
+        revoked_at=token.revoked_at,
+    )
+
+
+@auth_router.post("/login", operation_id="auth_login", responses=error_responses(401, 422, 429))
+async def login(data: LoginRequest, session: SessionDep, key: TokenKeyDep) -> LoginReply:
+    """Public. A username and password give a token good for 8 hours (401 `invalid_credentials` for a
+    wrong name or password, a disabled user, or a bot, alike). After 10 failures for one name within 15
+    minutes that name is refused until the 15 minutes end (429 `too_many_login_attempts`, with
+    `Retry-After`)."""
+    user, row, token = await service.login(session, key, data.username, data.password)
+    assert row.expires_at is not None
+    return LoginReply(token=token, expires_at=row.expires_at, user=user_read(user))
+
+
+@auth_router.post(
+    "/logout",
+    operation_id="auth_logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403),
+)
+async def logout(session: SessionDep, principal: CurrentUser) -> Response:
+    """Revoke the token this request carries. Any signed-in user."""
+    if principal.token_id is not None:
+        await service.revoke_token(session, principal.id, principal.token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@auth_router.get("/me", operation_id="auth_me", responses=error_responses(401, 403))
+async def me(session: SessionDep, principal: CurrentUser) -> MeRead:
+    """Who the token belongs to, what it may do, and the role held in each project. Any signed-in user."""
+    user = await session.get_one(User, principal.id)
+    token = None if principal.token_id is None else await session.get(ApiToken, principal.token_id)
+    rows = await session.execute(
+        select(Project.name, Role.name, Project.id)
+        .join(ProjectMember, ProjectMember.project_id == Project.id)
+        .join(Role, Role.id == ProjectMember.role_id)
+        .where(ProjectMember.user_id == user.id)
+        .order_by(Project.name)
+    )
+    projects = [
+        ProjectRole(
+            project=project, role=role, permissions=sorted_values(principal.permissions_in(project_id))
+        )
+        for project, role, project_id in rows
+    ]
+    return MeRead(
+        user=user_read(user),
+        token=None if token is None else token_read(token, user.name),
+        permissions=sorted_values(principal.permissions_in()),
+        projects=projects,
+    )
+
+
+@auth_router.post(
+    "/password",
+    operation_id="auth_password_change",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 422),
+)
+async def change_password(data: PasswordChange, session: SessionDep, principal: CurrentUser) -> Response:
+    """Change your own password; your other login sessions end. Any signed-in user."""
+    await service.change_password(session, principal, data.current_password, data.new_password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _create(
+    session: SessionDep, key: bytes, owner: User, data: TokenCreate, by: Principal
+) -> TokenWithSecret:
+    row, token = await service.create_token(
+        session, key, owner, data, by, await user_principal(session, owner)
+    )
+    return TokenWithSecret(**token_read(row, owner.name).model_dump(), token=token)
+
+
+async def _list(session: SessionDep, owner: User, page: PageDep) -> Page[TokenRead]:
+    statement = select(ApiToken).where(ApiToken.user_id == owner.id)
+    rows, cursor = await fetch_page(session, statement, ApiToken.id, page)
+    return Page(items=[token_read(row[0], owner.name) for row in rows], next_cursor=cursor)
+
+
+@tokens_router.post(
+    "/tokens",
+    operation_id="tokens_create",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(422),
+)
+async def create_own_token(
+    data: TokenCreate, session: SessionDep, key: TokenKeyDep, principal: CurrentUser
+) -> TokenWithSecret:
+    """An API token for yourself, optionally expiring and narrowed to some of your permissions. The
+    answer holds the token, shown this once. Any signed-in user, for themselves."""
+    return await _create(session, key, await session.get_one(User, principal.id), data, principal)
+
+
+@tokens_router.get("/tokens", operation_id="tokens_list")
+async def list_own_tokens(session: SessionDep, principal: CurrentUser, page: PageDep) -> Page[TokenRead]:
+    """Your tokens, revoked and expired ones too. Any signed-in user, for themselves."""
+    return await _list(session, await session.get_one(User, principal.id), page)
+
+
+@tokens_router.get("/tokens/{token_id}", operation_id="tokens_get", responses=error_responses(404))
+async def get_own_token(token_id: uuid.UUID, session: SessionDep, principal: CurrentUser) -> TokenRead:
+    """Any signed-in user, for themselves."""
+    return token_read(await service.get_token(session, principal.id, token_id), principal.name)
+
+
+@tokens_router.delete(
+    "/tokens/{token_id}",
+    operation_id="tokens_revoke",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404),
+)
+async def revoke_own_token(token_id: uuid.UUID, session: SessionDep, principal: CurrentUser) -> Response:
+    """Revoke one of your tokens: it stops working at once. Any signed-in user, for themselves."""
+    await service.revoke_token(session, principal.id, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@tokens_router.post(
+    "/users/{user}/tokens",
+    operation_id="users_tokens_create",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(404, 422),
+)
+async def create_user_token(
+    user: str,
+    data: TokenCreate,
+    session: SessionDep,
+    key: TokenKeyDep,
+    principal: Annotated[Principal, requires(Permission.USERS_ADMIN)],
+) -> TokenWithSecret:
+    """A token for another user, typically a bot: the answer holds it, shown this once."""
+    return await _create(session, key, await service.get_user(session, user), data, principal)
+
+
+@tokens_router.get("/users/{user}/tokens", operation_id="users_tokens_list", responses=error_responses(404))
+async def list_user_tokens(
+    user: str, session: SessionDep, _: Annotated[Principal, requires(Permission.USERS_VIEW)], page: PageDep
+) -> Page[TokenRead]:
+    return await _list(session, await service.get_user(session, user), page)
+
+
+@tokens_router.delete(
+    "/users/{user}/tokens/{token_id}",
+    operation_id="users_tokens_revoke",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404),
+)
+async def revoke_user_token(
+    user: str,
+    token_id: uuid.UUID,
+    session: SessionDep,
+    _: Annotated[Principal, requires(Permission.USERS_ADMIN)],
+) -> Response:
+    await service.revoke_token(session, (await service.get_user(session, user)).id, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,238 @@
+"""What a run reads and what it hands back, streamed (DESIGN.md's agent routes).
+
+Every route is limited to the caller's machine and to the run's own inputs: a blob is served only if
+it belongs to the run's package or datasets, so an agent token reaches nothing else.
+"""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.agent_routes import outputs
+from api.agent_routes.service import machine_run
+from api.blobs import check_sha256
+from api.datasets import service as datasets
+from api.db import SessionDep
+from api.deps import BlobsDep, SettingsDep
+from api.downloads import blob_response
+from api.errors import Conflict, InvalidInput, NotFound, error_responses
+from api.models import Blob, Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
+from api.packages.service import check_package
+from api.repository import record_blobs
+from api.security import CurrentAgent
+from api.uploads import receive_body
+from shared.enums import RunStatus
+from shared.names import InvalidName, normalize_relative_path
+from shared.protocol import DatasetManifest, ManifestFile, OutputReply, SnapshotUpload
+
+router = APIRouter(prefix="/agent/runs/{run_id}", tags=["agent"], responses=error_responses(401, 403, 404))
+_RECEIVING = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+_MAX_EVALUATION_KEYS = 10_000
+
+
+async def _run(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) -> Run:
+    return await machine_run(session, agent.machine_id, run_id)
+
+
+async def _receiving(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) -> Run:
+    run = await _run(session, agent, run_id)
+    if RunStatus(run.status) not in _RECEIVING:
+        raise Conflict(f"run {run.id} is {run.status}: it takes no outputs", code="run_not_receiving")
+    return run
+
+
+@router.get(
+    "/package",
+    operation_id="agent_runs_package_download",
+    responses={200: {"content": {"application/zip": {}}, "description": "The package zip; ETag = sha256"}},
+)
+async def download_package(
+    run_id: uuid.UUID, request: Request, session: SessionDep, blobs: BlobsDep, agent: CurrentAgent
+) -> Response:
+    run = await _run(session, agent, run_id)
+    version = (
+        None if run.package_version_id is None else await session.get(PackageVersion, run.package_version_id)
+    )
+    if version is None:
+        raise NotFound("the run has no package", code="package_not_found")
+    return await blob_response(
+        blobs, version.blob_sha256, version.size, "application/zip", request.headers.get("if-none-match")
+    )
+
+
+async def _manifest(
+    session: AsyncSession, run: Run, version_id: uuid.UUID | None, path: str | None
+) -> DatasetManifest:
+    version = None if version_id is None else await session.get(DatasetVersion, version_id)
+    if version is None:
+        raise NotFound("the run has no such dataset", code="dataset_not_found")
+    dataset = await session.get_one(Dataset, version.dataset_id)
+    files = await datasets.manifest(session, version, path)
+    return DatasetManifest(
+        dataset=dataset.name,
+        version=version.number,
+        path=path,
+        content_hash=version.content_hash,
+        files=[ManifestFile(path=name, sha256=sha, size=size) for name, sha, size in files],
+    )
+
+
+@router.get("/dataset", operation_id="agent_runs_dataset_manifest")
+async def dataset_manifest(run_id: uuid.UUID, session: SessionDep, agent: CurrentAgent) -> DatasetManifest:
+    """The training data: (path, sha256, size) per file, paths relative to the template's sub-folder."""
+    run = await _run(session, agent, run_id)
+    return await _manifest(session, run, run.dataset_version_id, run.config.get("dataset_path"))
+
+
+@router.get("/test-dataset", operation_id="agent_runs_test_dataset_manifest")
+async def test_dataset_manifest(
+    run_id: uuid.UUID, session: SessionDep, agent: CurrentAgent
+) -> DatasetManifest:
+    run = await _run(session, agent, run_id)
+    return await _manifest(session, run, run.test_dataset_version_id, run.config.get("test_dataset_path"))
+
+
+@router.get(
+    "/blobs/{sha256}",
+    operation_id="agent_runs_blob_download",
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "ETag = sha256"}},
+)
+async def download_blob(
+    run_id: uuid.UUID,
+    sha256: str,
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    agent: CurrentAgent,
+) -> Response:
+    """One file of the run's inputs, by its hash (the agent's cache fetches only what it lacks)."""
+    check_sha256(sha256)
+    run = await _run(session, agent, run_id)
+    versions = [v for v in (run.dataset_version_id, run.test_dataset_version_id) if v is not None]
+    in_inputs = await session.scalar(
+        select(DatasetFile.size)
+        .where(DatasetFile.sha256 == sha256, DatasetFile.version_id.in_(versions))
+        .limit(1)
+    )
+    if in_inputs is None and run.package_version_id is not None:
+        in_inputs = await session.scalar(
+            select(PackageVersion.size).where(
+                PackageVersion.id == run.package_version_id, PackageVersion.blob_sha256 == sha256
+            )
+        )
+    if in_inputs is None:
+        raise NotFound(f"blob {sha256} is not one of this run's inputs", code="blob_not_found")
+    return await blob_response(
+        blobs, sha256, int(in_inputs), "application/octet-stream", request.headers.get("if-none-match")
+    )
+
+
+@router.put(
+    "/outputs/package",
+    operation_id="agent_runs_outputs_package_upload",
+    responses=error_responses(409, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
+)
+async def upload_package(
+    run_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    agent: CurrentAgent,
+) -> OutputReply:
+    """The trained package folder as a zip; checked like an upload. Sending it again replaces it."""
+    await _receiving(session, agent, run_id)
+    await session.commit()  # hold no connection while the body streams in (see packages upload)
+    async with receive_body(request, blobs, max_bytes=settings.max_package_bytes) as path:
+        info = await check_package(path, settings.archive_limits())
+        stored = await blobs.put_file(path)
+    run = await _receiving(session, agent, run_id)
+    await record_blobs(session, [(stored.sha256, stored.size)])
+    await outputs.put_output(
+        session, run, outputs.PACKAGE, stored=stored, document=outputs.info_document(info)
+    )
+    return OutputReply(kind=outputs.PACKAGE, sha256=stored.sha256, size=stored.size)
+
+
+@router.put(
+    "/outputs/artifacts/{path:path}",
+    operation_id="agent_runs_outputs_artifact_upload",
+    responses=error_responses(409, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {}}}},
+)
+async def upload_artifact(
+    run_id: uuid.UUID,
+    path: Annotated[str, Path(max_length=1024)],
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    agent: CurrentAgent,
+) -> OutputReply:
+    """One file the package wrote into `artifacts_directory`."""
+    try:
+        relative = normalize_relative_path(path)
+    except InvalidName as error:
+        raise InvalidInput(f"artifact path {error}", code="invalid_path", field="path") from None
+    await _receiving(session, agent, run_id)
+    await session.commit()  # hold no connection while the body streams in (see packages upload)
+    stored = await blobs.put(request.stream(), max_bytes=settings.max_package_bytes)
+    run = await _receiving(session, agent, run_id)
+    await record_blobs(session, [(stored.sha256, stored.size)])
+    await outputs.put_output(session, run, outputs.ARTIFACT, relative, stored=stored)
+    return OutputReply(kind=outputs.ARTIFACT, path=relative, sha256=stored.sha256, size=stored.size)
+
+
+@router.put(
+    "/outputs/snapshot",
+    operation_id="agent_runs_outputs_snapshot_upload",
+    responses=error_responses(409, 422),
+)
+async def upload_snapshot(
+    run_id: uuid.UUID, snapshot: SnapshotUpload, session: SessionDep, agent: CurrentAgent
+) -> OutputReply:
+    """The manifest of the data the run read (save_training_data): costs nothing when data repeats,
+    since every file is a blob the API already holds."""
+    run = await _receiving(session, agent, run_id)
+    hashes = {item.sha256 for item in snapshot.files}
+    known: set[str] = set()
+    listed = sorted(hashes)
+    for start in range(0, len(listed), 500):
+        known |= set(
+            (
+                await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(listed[start : start + 500])))
+            ).all()
+        )
+    unknown = hashes - known
+    if unknown:
+        raise Conflict(
+            f"{len(unknown)} files of the snapshot are not held by the API, e.g. {min(unknown)}",
+            code="snapshot_blobs_missing",
+        )
+    files = [(item.path, item.sha256, item.size) for item in snapshot.files]
+    document = {
+        "files": [item.model_dump() for item in snapshot.files],
+        "content_hash": datasets.content_hash(files),
+    }
+    await outputs.put_output(session, run, outputs.SNAPSHOT, document=document)
+    return OutputReply(kind=outputs.SNAPSHOT, size=len(files))
+
+
+@router.put(
+    "/outputs/evaluation",
+    operation_id="agent_runs_outputs_evaluation_upload",
+    responses=error_responses(409, 422),
+)
+async def upload_evaluation(
+    run_id: uuid.UUID, evaluation: dict[str, object], session: SessionDep, agent: CurrentAgent
+) -> OutputReply:
+    """The evaluation's result as JSON: a score or metrics, and the badcases (see issue 6)."""
+    if len(evaluation) > _MAX_EVALUATION_KEYS:
+        raise InvalidInput("the evaluation has too many keys", code="evaluation_too_large")
+    run = await _receiving(session, agent, run_id)
+    await outputs.put_output(session, run, outputs.EVALUATION, document=dict(evaluation))
+    return OutputReply(kind=outputs.EVALUATION)

@@ -1,0 +1,93 @@
+"""`/api/v1/agent/...`: agent tokens only, each route limited to the caller's own machine and runs."""
+
+import contextlib
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from api.agent_routes import poll, service
+from api.agent_routes.hold import HOLD_KEY, PollHold
+from api.agent_routes.poll import PollingAgentDep
+from api.db import SessionDep
+from api.deps import NotifierDep
+from api.errors import NotFound, error_responses
+from api.models import Machine
+from api.notify import Notifier
+from api.security import CurrentAgent
+from shared.protocol import (
+    MAX_POLL_WAIT_SECONDS,
+    Command,
+    CommandAckReply,
+    Hello,
+    HelloReply,
+    RunEvent,
+    RunEventReply,
+)
+
+router = APIRouter(prefix="/agent", tags=["agent"], responses=error_responses(401, 403))
+
+
+async def _machine(session: AsyncSession, agent: CurrentAgent) -> Machine:
+    machine = await session.get(Machine, agent.machine_id)
+    if machine is None:  # deleted while its agent still runs
+        raise NotFound("this machine is no longer registered", code="machine_not_found")
+    return machine
+
+
+@router.post("/hello", operation_id="agent_hello", responses=error_responses(422))
+async def hello(data: Hello, session: SessionDep, notifier: NotifierDep, agent: CurrentAgent) -> HelloReply:
+    """On start and reconnect: the agent's version, GPUs and runs in hand; the API reconciles."""
+    machine = await _machine(session, agent)
+    stop_runs = await service.hello(session, notifier, machine, data)
+    return HelloReply(machine=machine.name, stop_runs=stop_runs)
+
+
+@router.get("/commands", operation_id="agent_commands_poll", response_model=list[Command])
+async def poll_commands(
+    request: Request,
+    agent: PollingAgentDep,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_POLL_WAIT_SECONDS, description="Seconds to hold the poll.")
+    ] = 0,
+) -> list[Command] | Response:
+    """Commands not yet acknowledged, oldest first; with none, held up to `wait` seconds for the first
+    that arrives. Updates the machine's `last_seen`."""
+    # No session dependency, no ORM (api/agent_routes/poll.py), and the wait is not held here but by
+    # `HeldPolls` (api/agent_routes/hold.py), outside FastAPI's per-request state.
+    engine: AsyncEngine = request.app.state.engine
+    notifier: Notifier = request.app.state.notifier
+    hold: PollHold = request.scope[HOLD_KEY]
+    if hold.after_wait:
+        return await poll.take_commands(engine, agent)
+    with contextlib.ExitStack() as listening:
+        woken = listening.enter_context(notifier.listen(agent.machine_id))  # listen first, then look
+        commands = await poll.take_commands(engine, agent)
+        if commands or wait == 0:
+            return commands
+        hold.keep(listening.pop_all(), woken, wait)
+    return Response(status_code=204)  # never sent: `HeldPolls` waits, then answers
+
+
+@router.post("/commands/{command_id}/ack", operation_id="agent_commands_ack", responses=error_responses(404))
+async def ack_command(command_id: uuid.UUID, session: SessionDep, agent: CurrentAgent) -> CommandAckReply:
+    """The command was taken. Repeating it is harmless; `cancelled` means: do not carry it out."""
+    state = await service.acknowledge(session, agent.machine_id, command_id)
+    return CommandAckReply(id=command_id, state=state)
+
+
+@router.post(
+    "/runs/{run_id}/events", operation_id="agent_runs_events_report", responses=error_responses(404, 422)
+)
+async def report_run_event(
+    run_id: uuid.UUID,
+    event: Annotated[RunEvent, Body()],
+    session: SessionDep,
+    notifier: NotifierDep,
+    agent: CurrentAgent,
+) -> RunEventReply:
+    """A fact about a run: `launched`, `stage`, `exited`, `finished` (the commit point)."""
+    machine = await _machine(session, agent)
+    run = await service.machine_run(session, machine.id, run_id)
+    return await service.report_event(session, notifier, machine, run, event)

@@ -1,0 +1,246 @@
+"""The blob store: package zips, dataset files and run outputs, addressed by the sha256 of their content.
+
+Callers see only `BlobStore`, so an S3-compatible store can replace `LocalBlobStore` without touching
+them. Content addressing makes a write idempotent (identical content is stored once, whoever wrote
+it first) and lets a reader trust a name: `ETag` is the hash, and the agent's cache fetches only what
+it lacks.
+
+`LocalBlobStore` keeps `<root>/sha256/<ab>/<cd>/<sha256>` and writes through `<root>/tmp` on the same
+filesystem, so a blob appears whole or not at all (fsync, then one `os.replace`). Nothing half-written
+is ever visible under a hash, and a failed or cut-off upload leaves no file behind.
+"""
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, Self
+
+import anyio.to_thread
+
+from api.errors import InvalidInput, NotFound, PayloadTooLarge
+
+BLOBS_FOLDER = "blobs"
+# One thread hop per MiB: large enough that hopping costs nothing next to the I/O, small enough that
+# a read never holds much in memory.
+CHUNK_BYTES = 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    created: bool  # False when identical content was already stored
+
+
+def check_sha256(value: str) -> str:
+    """Return `value` if it is a sha256 in lowercase hex, else raise InvalidInput.
+
+    Every path in the store is built from a hash, so this check is what keeps a name such as
+    `../../etc/passwd` from ever reaching the filesystem.
+    """
+    if not _SHA256.fullmatch(value):
+        raise InvalidInput("a blob is named by its sha256: 64 lowercase hex digits", code="invalid_sha256")
+    return value
+
+
+def _not_found(sha256: str) -> NotFound:
+    return NotFound(f"no blob {sha256}", code="blob_not_found")
+
+
+class BlobStore(Protocol):
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredBlob:
+        """Store a stream; refuse it with `upload_too_large` past `max_bytes`, leaving nothing behind."""
+        ...
+
+    async def put_file(self, path: Path) -> StoredBlob:
+        """Adopt a file made with `temp_file()` (for callers that validate a file before storing it)."""
+        ...
+
+    async def open(self, sha256: str) -> AsyncIterator[bytes]:
+        """Raise `blob_not_found` now, or return the content as a stream of chunks."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    async def size(self, sha256: str) -> int: ...
+
+    async def delete(self, sha256: str) -> None:
+        """Remove a blob; deleting one that is not there is not an error."""
+        ...
+
+    def temp_file(self) -> AbstractContextManager[Path]:
+        """A scratch file that `put_file` can adopt cheaply; removed on exit unless adopted."""
+        ...
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs in a local folder (the default, `$TRAINYARD_DATA_DIR/blobs`); file I/O runs in threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.temp_dir = root / "tmp"
+        self._blobs = root / "sha256"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._blobs.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> Self:
+        return cls(data_dir / BLOBS_FOLDER)
+
+    def path_of(self, sha256: str) -> Path:
+        """Where a blob lives; two levels of fan-out keep any one folder small."""
+        check_sha256(sha256)
+        return self._blobs / sha256[:2] / sha256[2:4] / sha256
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredBlob:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        handle, temp = await anyio.to_thread.run_sync(self._create_temp)
+        digest = hashlib.sha256()
+        size = 0
+        pending = bytearray()  # small network chunks gathered so each thread hop writes about a MiB
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"the upload is larger than {max_bytes} bytes", code="upload_too_large"
+                    )
+                pending += chunk
+                if len(pending) >= CHUNK_BYTES:
+                    await anyio.to_thread.run_sync(_write_hashed, handle, digest, pending)
+                    pending.clear()
+            await anyio.to_thread.run_sync(_seal, handle, digest, pending)
+        except BaseException:
+            # Synchronous on purpose: under cancellation a further await could be cancelled too,
+            # and the temporary file must go whatever happened.
+            handle.close()
+            temp.unlink(missing_ok=True)
+            raise
+        return await anyio.to_thread.run_sync(self._adopt, temp, digest.hexdigest(), size)
+
+    async def put_file(self, path: Path) -> StoredBlob:
+        if path.parent.resolve() != self.temp_dir.resolve():
+            # Only the temp folder is known to share the store's filesystem, so the rename is atomic.
+            raise ValueError(f"{path} was not made by temp_file()")
+        return await anyio.to_thread.run_sync(self._put_file, path)
+
+    async def open(self, sha256: str) -> AsyncIterator[bytes]:
+        path = self.path_of(sha256)
+        if not await anyio.to_thread.run_sync(path.is_file):
+            raise _not_found(sha256)
+        return self._stream(sha256, path)
+
+    async def exists(self, sha256: str) -> bool:
+        return await anyio.to_thread.run_sync(self.path_of(sha256).is_file)
+
+    async def size(self, sha256: str) -> int:
+        path = self.path_of(sha256)
+        try:
+            return (await anyio.to_thread.run_sync(path.stat)).st_size
+        except FileNotFoundError as error:
+            raise _not_found(sha256) from error
+
+    async def delete(self, sha256: str) -> None:
+        # The fan-out folders stay: removing one could race a concurrent put that just created it.
+        await anyio.to_thread.run_sync(self.path_of(sha256).unlink, True)
+
+    @contextmanager
+    def temp_file(self) -> Iterator[Path]:
+        descriptor, name = tempfile.mkstemp(dir=self.temp_dir, prefix="upload-", suffix=".part")
+        os.close(descriptor)
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)  # already gone when put_file adopted it
+
+    def cleanup_temp(self, older_than_seconds: float) -> int:
+        """Remove temporary files a crash left behind; returns how many. Run it at start-up.
+
+        Only files older than the threshold go, so uploads in flight in other API processes survive.
+        """
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        with os.scandir(self.temp_dir) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    async def _stream(self, sha256: str, path: Path) -> AsyncIterator[bytes]:
+        try:
+            handle = await anyio.to_thread.run_sync(_open_for_reading, path)
+        except FileNotFoundError as error:  # deleted between open() and the first read
+            raise _not_found(sha256) from error
+        try:
+            while chunk := await anyio.to_thread.run_sync(handle.read, CHUNK_BYTES):
+                yield chunk
+        finally:
+            handle.close()
+
+    def _create_temp(self) -> tuple[BinaryIO, Path]:
+        descriptor, name = tempfile.mkstemp(dir=self.temp_dir, prefix="put-", suffix=".part")
+        return os.fdopen(descriptor, "wb"), Path(name)
+
+    def _put_file(self, path: Path) -> StoredBlob:
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+            os.fsync(handle.fileno())  # the caller wrote it and may not have synced it
+        return self._adopt(path, digest.hexdigest(), size)
+
+    def _adopt(self, temp: Path, sha256: str, size: int) -> StoredBlob:
+        """Move a synced temporary file under its hash, or drop it when that content is already stored.
+
+        Two puts of the same content may both find it missing and both rename: the second replaces
+        identical bytes (readers of the first keep their open file), and both report `created`.
+        """
+        target = self.path_of(sha256)
+        try:
+            if target.is_file():
+                temp.unlink()
+                return StoredBlob(sha256, size, created=False)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+            _fsync_folder(target.parent)  # the rename itself must survive a power cut
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return StoredBlob(sha256, size, created=True)
+
+
+def _write_hashed(handle: BinaryIO, digest: "hashlib._Hash", data: bytearray) -> None:
+    digest.update(data)
+    handle.write(data)
+
+
+def _seal(handle: BinaryIO, digest: "hashlib._Hash", rest: bytearray) -> None:
+    """Write the last bytes and sync them to disk before the file may be renamed into place."""
+    _write_hashed(handle, digest, rest)
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

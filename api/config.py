@@ -1,0 +1,103 @@
+"""The API's one settings object, read from `TRAINYARD_*` variables and validated at start-up.
+
+Nothing else in `api/` reads the environment.
+"""
+
+import secrets
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.archive import ArchiveLimits
+
+SECRET_KEY_FILE = "secret_key"
+MIN_BOOTSTRAP_TOKEN_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Where the SQLite file, secrets and blobs live.")
+    database_url: str | None = Field(default=None, description="Default: an SQLite file in the data dir.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    bootstrap_token: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+
+    offline_after: float = Field(default=60.0, gt=0, description="Seconds without a poll before offline.")
+    lost_after: float = Field(default=600.0, gt=0, description="Seconds offline before a run is lost.")
+    start_timeout: float = Field(default=300.0, gt=0, description="Seconds for an agent to take a start.")
+    sweep_interval: float = Field(default=2.0, gt=0, description="Seconds between timeout sweeps.")
+
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_telemetry_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="A telemetry batch, as JSON."
+    )
+    max_package_bytes: int = Field(default=1024**3, ge=1024, description="A package zip, as uploaded.")
+    max_dataset_bytes: int = Field(default=8 * 1024**3, ge=1024, description="One dataset upload.")
+    max_archive_files: int = Field(default=100_000, ge=1, description="Files in one zip.")
+    max_archive_bytes: int = Field(default=16 * 1024**3, ge=1024, description="A zip's bytes, unpacked.")
+    max_archive_ratio: int = Field(
+        default=200, ge=2, description="Unpacked/packed beyond which a zip is a bomb."
+    )
+    db_pool_size: int = Field(default=10, ge=1)
+
+    @field_validator("bootstrap_token")
+    @classmethod
+    def _bootstrap_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_BOOTSTRAP_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_BOOTSTRAP_TOKEN_LENGTH} characters")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Self:
+        if self.lost_after <= self.offline_after:
+            raise ValueError("TRAINYARD_LOST_AFTER must be greater than TRAINYARD_OFFLINE_AFTER")
+        if self.is_sqlite is False and self.secret_key is None:
+            raise ValueError(
+                "TRAINYARD_SECRET_KEY is required on PostgreSQL: every API replica must share it"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_files=self.max_archive_files,
+            max_total_bytes=self.max_archive_bytes,
+            max_file_bytes=self.max_archive_bytes,
+            max_ratio=self.max_archive_ratio,
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def secret_key_bytes(self) -> bytes:
+        """The HMAC key for tokens; on SQLite, generated once into the data dir when unset."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / SECRET_KEY_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                with path.open("x", encoding="ascii") as handle:
+                    path.chmod(0o600)
+                    handle.write(secrets.token_urlsafe(48))
+            except FileExistsError:
+                pass  # another process generated it first; read theirs
+        return path.read_text(encoding="ascii").strip().encode()

@@ -1,0 +1,87 @@
+"""Download responses: a blob streamed under its sha256 as `ETag`, and a scratch file removed after.
+
+Every download of the API goes through here: packages, dataset files, artifacts, the agent's inputs.
+"""
+
+import mimetypes
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio.to_thread
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from api.blobs import CHUNK_BYTES, BlobStore
+
+OCTET_STREAM = "application/octet-stream"
+
+
+def media_type_of(path: str) -> str:
+    return mimetypes.guess_type(path, strict=False)[0] or OCTET_STREAM
+
+
+def etag_of(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def etag_matches(if_none_match: str | None, sha256: str) -> bool:
+    """Whether an `If-None-Match` header names this content (weak validators count: RFC 9110 13.1.2)."""
+    if if_none_match is None:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag_of(sha256):
+            return True
+    return False
+
+
+def not_modified(sha256: str) -> Response:
+    return Response(status_code=304, headers={"ETag": etag_of(sha256)})
+
+
+def attachment(filename: str) -> str:
+    """A `Content-Disposition` naming the file, in RFC 6266's form for any alphabet."""
+    encoded = quote(filename, safe="")
+    if encoded == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename*=UTF-8''{encoded}"
+
+
+async def blob_response(
+    blobs: BlobStore, sha256: str, size: int, media_type: str, if_none_match: str | None
+) -> Response:
+    """The blob streamed, or 304 when the client holds it already."""
+    if etag_matches(if_none_match, sha256):
+        return not_modified(sha256)
+    chunks = await blobs.open(sha256)  # 404 `blob_not_found` now, before the status is sent
+    return StreamingResponse(
+        chunks, media_type=media_type, headers={"ETag": etag_of(sha256), "Content-Length": str(size)}
+    )
+
+
+class ScratchFileResponse(StreamingResponse):
+    """A scratch file streamed, then removed by `release` however the response ended (sent, cut off,
+    or never started). The file is read here rather than handed to the server (`FileResponse` may use
+    `pathsend`), so it is never removed while a server still reads it."""
+
+    def __init__(
+        self, path: Path, release: Callable[[], None], *, media_type: str, headers: dict[str, str]
+    ) -> None:
+        super().__init__(_read(path), media_type=media_type, headers=headers)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    handle = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        while chunk := await anyio.to_thread.run_sync(handle.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        handle.close()

@@ -1,0 +1,98 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import select
+
+from api.db import SessionDep
+from api.deps import SettingsDep, TokenKeyDep
+from api.errors import error_responses
+from api.machines import service
+from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate, MachineWithToken
+from api.models import Machine
+from api.schemas import Page, PageDep, fetch_page
+from api.security import Permission, Principal, requires
+
+router = APIRouter(prefix="/machines", tags=["machines"], responses=error_responses(401, 403))
+
+Viewer = Annotated[Principal, requires(Permission.MACHINES_VIEW)]
+Admin = Annotated[Principal, requires(Permission.MACHINES_ADMIN)]
+
+
+@router.post(
+    "",
+    operation_id="machines_create",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(409, 422),
+)
+async def register_machine(
+    data: MachineCreate, session: SessionDep, settings: SettingsDep, key: TokenKeyDep, _: Admin
+) -> MachineWithToken:
+    """Register a target machine. The answer holds its agent token, shown this once."""
+    machine, token = await service.register_machine(session, key, data)
+    read = service.machine_read(machine, settings.offline_after)
+    return MachineWithToken(**read.model_dump(), agent_token=token)
+
+
+@router.get("", operation_id="machines_list")
+async def list_machines(
+    session: SessionDep, settings: SettingsDep, _: Viewer, page: PageDep
+) -> Page[MachineRead]:
+    rows, cursor = await fetch_page(session, select(Machine), Machine.id, page)
+    return Page(
+        items=[service.machine_read(row[0], settings.offline_after) for row in rows], next_cursor=cursor
+    )
+
+
+@router.get("/{machine}", operation_id="machines_get", responses=error_responses(404))
+async def get_machine(machine: str, session: SessionDep, settings: SettingsDep, _: Viewer) -> MachineRead:
+    return service.machine_read(await service.get_machine(session, machine), settings.offline_after)
+
+
+@router.patch("/{machine}", operation_id="machines_update", responses=error_responses(404, 409, 422))
+async def update_machine(
+    machine: str, data: MachineUpdate, session: SessionDep, settings: SettingsDep, _: Admin
+) -> MachineRead:
+    return service.machine_read(await service.update_machine(session, machine, data), settings.offline_after)
+
+
+@router.delete(
+    "/{machine}",
+    operation_id="machines_delete",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409),
+)
+async def delete_machine(machine: str, session: SessionDep, _: Admin) -> Response:
+    await service.delete_machine(session, machine)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{machine}/enable", operation_id="machines_enable", responses=error_responses(404))
+async def enable_machine(machine: str, session: SessionDep, settings: SettingsDep, _: Admin) -> MachineRead:
+    return service.machine_read(
+        await service.set_machine_enabled(session, machine, True), settings.offline_after
+    )
+
+
+@router.post("/{machine}/disable", operation_id="machines_disable", responses=error_responses(404))
+async def disable_machine(machine: str, session: SessionDep, settings: SettingsDep, _: Admin) -> MachineRead:
+    """A disabled machine takes no new run; runs it already has go on."""
+    return service.machine_read(
+        await service.set_machine_enabled(session, machine, False), settings.offline_after
+    )
+
+
+@router.post("/{machine}/rotate-token", operation_id="machines_rotate_token", responses=error_responses(404))
+async def rotate_token(
+    machine: str, session: SessionDep, settings: SettingsDep, key: TokenKeyDep, _: Admin
+) -> MachineWithToken:
+    """A new agent token, shown this once; the old one stops working at once."""
+    found, token = await service.rotate_token(session, key, machine)
+    read = service.machine_read(found, settings.offline_after)
+    return MachineWithToken(**read.model_dump(), agent_token=token)
+
+
+@router.post("/{machine}/revoke-token", operation_id="machines_revoke_token", responses=error_responses(404))
+async def revoke_token(machine: str, session: SessionDep, settings: SettingsDep, _: Admin) -> MachineRead:
+    """Revoke the agent token (a machine lost or stolen): its agent is refused at once; its runs are
+    lost as for an agent gone silent. `rotate-token` gives the machine a new one."""
+    return service.machine_read(await service.revoke_token(session, machine), settings.offline_after)

@@ -1,0 +1,160 @@
+"""create_app() and the lifespan: wiring only."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from api import __doc__ as description
+from api.access.catalogue import ensure_builtin_roles
+from api.access.members_router import audit_router
+from api.access.members_router import router as members_router
+from api.access.router import roles_router, users_router
+from api.access.tokens_router import auth_router, tokens_router
+from api.agent_routes.hold import HeldPolls
+from api.agent_routes.io import router as agent_io_router
+from api.agent_routes.router import router as agent_router
+from api.blobs import LocalBlobStore
+from api.config import Settings
+from api.datasets.router import router as datasets_router
+from api.db import create_engine, create_sessionmaker, pg_conninfo
+from api.errors import install_error_handlers
+from api.health.router import router as health_router
+from api.limits import BodySizeLimit
+from api.machines.router import router as machines_router
+from api.migrate import head_revisions, schema_problem
+from api.model_types.router import router as model_types_router
+from api.notify import Notifier, PgNotifier
+from api.openapi import install_openapi
+from api.packages.router import router as packages_router
+from api.processes.router import router as processes_router
+from api.processes.router import runs_router
+from api.processes.run_outputs import router as run_outputs_router
+from api.processes.sweeper import Sweeper
+from api.projects.router import router as projects_router
+from api.prometheus import RequestMetrics
+from api.prometheus import router as prometheus_router
+from api.security import ensure_bootstrap_admin
+from api.telemetry.router import agent_router as telemetry_agent_router
+from api.telemetry.router import router as telemetry_router
+from api.templates.router import router as templates_router
+
+logger = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+STALE_UPLOAD_SECONDS = 6 * 3600
+VERSION = "0.1.0"
+
+
+class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        heads = head_revisions()
+        problem = await schema_problem(engine, heads)
+        if problem is not None:
+            await engine.dispose()
+            raise SchemaNotCurrent(f"refusing to start: {problem}")
+        # Several API processes may serve PostgreSQL: wake-ups travel between them by LISTEN/NOTIFY.
+        notifier = (
+            Notifier() if settings.is_sqlite else PgNotifier(pg_conninfo(settings.resolved_database_url))
+        )
+        sessionmaker = create_sessionmaker(engine, notifier)
+        token_key = settings.secret_key_bytes()
+        async with sessionmaker() as session:
+            await ensure_builtin_roles(session)
+            await session.commit()
+        if settings.bootstrap_token is not None:
+            async with sessionmaker() as session:
+                if await ensure_bootstrap_admin(
+                    session, token_key, settings.bootstrap_token.get_secret_value()
+                ):
+                    logger.info("created the administrator `admin` holding TRAINYARD_BOOTSTRAP_TOKEN")
+                await session.commit()
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.schema_heads = heads
+        app.state.sessionmaker = sessionmaker
+        app.state.notifier = notifier
+        app.state.token_key = token_key
+        blobs = LocalBlobStore.in_data_dir(settings.data_dir)
+        blobs.cleanup_temp(older_than_seconds=STALE_UPLOAD_SECONDS)  # scratch files of a crashed process
+        app.state.blobs = blobs
+        await notifier.start()
+        sweeper = asyncio.create_task(Sweeper(sessionmaker, notifier, settings).run_forever(), name="sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await notifier.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Trainyard",
+        version=VERSION,
+        description=description or "",
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "projects", "description": "Scopes of templates, processes, packages and datasets"},
+            {"name": "model types", "description": "Kinds of task (administrators)"},
+            {"name": "machines", "description": "Target machines and their agent tokens (administrators)"},
+            {"name": "templates", "description": "Training templates"},
+            {"name": "processes", "description": "Training processes and Primo's actions"},
+            {"name": "runs", "description": "Runs, their status, progress and audit trail"},
+            {"name": "packages", "description": "ML packages, their versions, lineage and trained models"},
+            {"name": "datasets", "description": "Datasets and their versions: manifests over shared files"},
+            {"name": "agent", "description": "The agent protocol: agent tokens only"},
+            {"name": "auth", "description": "Log in with a password, log out, who am I"},
+            {"name": "users", "description": "People and bots, and their roles in each project"},
+            {"name": "roles", "description": "Named sets of permissions, and the permission catalogue"},
+            {"name": "tokens", "description": "API tokens: your own, and (administrators) bots'"},
+            {"name": "audit", "description": "The audit trail: who changed what, when"},
+            {"name": "operations", "description": "Liveness and readiness"},
+        ],
+    )
+    api = APIRouter(prefix=API_PREFIX)
+    for router in (
+        projects_router,
+        model_types_router,
+        machines_router,
+        templates_router,
+        processes_router,
+        packages_router,
+        datasets_router,
+        run_outputs_router,
+        runs_router,
+        telemetry_router,
+        agent_router,
+        agent_io_router,
+        auth_router,
+        users_router,
+        roles_router,
+        members_router,
+        tokens_router,
+        audit_router,
+        telemetry_agent_router,
+    ):
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(health_router)
+    app.include_router(prometheus_router)
+    app.add_middleware(HeldPolls, path=f"{API_PREFIX}/agent/commands")
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_json_body_bytes,
+        max_telemetry_bytes=settings.max_telemetry_body_bytes,
+    )
+    app.add_middleware(RequestMetrics)
+    install_error_handlers(app)
+    install_openapi(app)
+    return app

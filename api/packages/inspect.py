@@ -1,0 +1,213 @@
+"""What a package zip offers, found by parsing, never by importing or running it.
+
+The API treats a package as hostile: the archive checks of `shared.archive` first, then `train.py`
+parsed with `ast` (never imported: importing runs the package's code on the API). A package that
+cannot run is refused at upload with a message that says why.
+"""
+
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.errors import InvalidInput
+from shared.archive import ArchiveError, ArchiveLimits, inspect_zip, read_member
+from shared.names import InvalidName, check_parameter_name
+
+MAX_SOURCE_BYTES = 2 * 1024 * 1024
+MAX_DECLARED_PARAMETERS = 256
+PARAMETER_TYPES = {
+    "int": int,
+    "integer": int,
+    "float": float,
+    "number": float,
+    "str": str,
+    "string": str,
+    "bool": bool,
+    "boolean": bool,
+}
+
+
+@dataclass(frozen=True)
+class DeclaredParameter:
+    name: str
+    type: str  # int | float | str | bool
+    default: Any = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    root_prefix: str
+    has_evaluate: bool
+    has_process_data: bool
+    has_predict: bool
+    has_requirements: bool
+    declared_parameters: list[DeclaredParameter] | None = field(default=None)
+
+
+def _refuse(message: str, code: str) -> InvalidInput:
+    return InvalidInput(f"the package cannot run: {message}", code=code, field="file")
+
+
+def inspect_package(path: Path, limits: ArchiveLimits) -> PackageInfo:
+    """Check a package zip and say what it offers; InvalidInput with a stable code if it cannot run."""
+    try:
+        inventory = inspect_zip(path, limits)
+    except ArchiveError as error:
+        raise InvalidInput(
+            f"the archive was refused: {error.message}", code=error.code, field="file"
+        ) from None
+    names = set(inventory.names)
+    prefix = ""
+    if "train.py" not in names:
+        prefix = inventory.root_prefix
+        if not prefix or f"{prefix}train.py" not in names:
+            raise _refuse(
+                "no train.py at the root of the zip or in its single top-level folder", "missing_train_py"
+            )
+
+    def source(name: str) -> bytes | None:
+        if f"{prefix}{name}" not in names:
+            return None
+        try:
+            return read_member(path, f"{prefix}{name}", MAX_SOURCE_BYTES, limits=limits)
+        except ArchiveError as error:
+            raise _refuse(f"{name}: {error.message}", error.code) from None
+
+    train_source = source("train.py")
+    assert train_source is not None
+    train_methods = _main_methods(train_source, "train.py")
+    if train_methods is None:
+        raise _refuse("train.py has no `class Main`", "missing_main_class")
+    for required in ("train", "save"):
+        if train_methods is not _UNKNOWN and required not in train_methods:
+            raise _refuse(f"train.py's class Main has no `{required}` method", "missing_method")
+    main_source = source("main.py")
+    predict = False
+    if main_source is not None:
+        main_methods = _main_methods(main_source, "main.py")
+        predict = main_methods is not None and (main_methods is _UNKNOWN or "predict" in main_methods)
+    parameters_source = source("parameters.json")
+    known = train_methods is _UNKNOWN
+    return PackageInfo(
+        root_prefix=prefix,
+        has_evaluate=known or "evaluate" in train_methods,
+        has_process_data=known or "process_data" in train_methods,
+        has_predict=predict,
+        has_requirements=f"{prefix}requirements.txt" in names,
+        declared_parameters=None if parameters_source is None else parse_declaration(parameters_source),
+    )
+
+
+class _Unknown(frozenset[str]):
+    """Main inherits from a class defined elsewhere: its methods cannot be known without running it."""
+
+
+_UNKNOWN = _Unknown()
+
+
+def _main_methods(source: bytes, filename: str) -> frozenset[str] | None:
+    try:
+        tree = ast.parse(source, filename=filename)
+    except (SyntaxError, ValueError) as error:
+        line = f" (line {error.lineno})" if isinstance(error, SyntaxError) and error.lineno else ""
+        raise _refuse(
+            f"{filename} does not parse{line}: {error.msg if isinstance(error, SyntaxError) else error}",
+            "syntax_error",
+        ) from None
+    except (RecursionError, MemoryError):
+        # Nesting deep enough to exhaust the parser (MemoryError) or the AST builder (RecursionError):
+        # Python would refuse to compile it too.
+        raise _refuse(f"{filename} does not parse: it is nested too deeply", "syntax_error") from None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    if "Main" not in classes:
+        return None
+    return _methods(classes["Main"], classes)
+
+
+def _methods(main: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> frozenset[str]:
+    """Main's methods and those of its bases defined in the same file. Walked with a list rather than
+    recursion, so a hostile chain of thousands of local bases cannot exhaust the stack."""
+    found: set[str] = set()
+    seen: set[str] = set()
+    pending = [main]
+    while pending:
+        node = pending.pop()
+        if node.name in seen:
+            continue  # a base reached twice (a diamond) is read once
+        seen.add(node.name)
+        found |= {item.name for item in node.body if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)}
+        for base in node.bases:
+            if isinstance(base, ast.Name) and base.id == "object":
+                continue
+            if not (isinstance(base, ast.Name) and base.id in classes):
+                return _UNKNOWN
+            pending.append(classes[base.id])
+    return frozenset(found)
+
+
+def parse_declaration(raw: bytes) -> list[DeclaredParameter]:
+    """`parameters.json`: a list (or `{"parameters": [...]}`) of {name, type, default, description}."""
+    try:
+        document = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, NaN and Infinity
+        raise _refuse(f"parameters.json is not JSON: {error}", "invalid_parameters_json") from None
+    except RecursionError:
+        raise _refuse("parameters.json is not JSON: nested too deeply", "invalid_parameters_json") from None
+    if isinstance(document, dict) and set(document) == {"parameters"}:
+        document = document["parameters"]
+    if not isinstance(document, list) or len(document) > MAX_DECLARED_PARAMETERS:
+        raise _refuse(
+            f"parameters.json must be a list of at most {MAX_DECLARED_PARAMETERS} parameters",
+            "invalid_parameters_json",
+        )
+    declared: dict[str, DeclaredParameter] = {}
+    for index, item in enumerate(document):
+        where = f"parameters.json[{index}]"
+        if (
+            not isinstance(item, dict)
+            or not {"name", "type"} <= set(item)
+            or set(item) - {"name", "type", "default", "description"}
+        ):
+            raise _refuse(
+                f"{where} must hold name, type and optionally default and description",
+                "invalid_parameters_json",
+            )
+        name, kind = item["name"], item["type"]
+        if not isinstance(name, str) or not isinstance(kind, str) or kind not in PARAMETER_TYPES:
+            raise _refuse(f"{where}: type must be one of int, float, str, bool", "invalid_parameters_json")
+        try:
+            check_parameter_name(name)
+        except InvalidName as error:
+            raise _refuse(f"{where}: parameter {name!r} {error}", "invalid_parameters_json") from None
+        if name in declared:
+            raise _refuse(f"{where}: parameter {name!r} is declared twice", "invalid_parameters_json")
+        canonical = PARAMETER_TYPES[kind].__name__
+        default = item.get("default")
+        if default is not None and coerce_parameter(default, canonical) is None:
+            raise _refuse(f"{where}: the default of {name!r} is not a {canonical}", "invalid_parameters_json")
+        description = item.get("description", "")
+        if not isinstance(description, str):
+            raise _refuse(f"{where}: description must be text", "invalid_parameters_json")
+        declared[name] = DeclaredParameter(name, canonical, default, description[:1024])
+    return list(declared.values())
+
+
+def _refuse_constant(name: str) -> Any:
+    """Python's reader takes NaN and Infinity; JSON (and PostgreSQL's JSONB) does not."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def coerce_parameter(value: Any, kind: str) -> Any:
+    """The value as the declared type, or None when it is not one (booleans are never numbers)."""
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind == "int":
+        return value if isinstance(value, int) else None
+    if kind == "float":
+        return float(value) if isinstance(value, int | float) else None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,109 @@
+"""A run's outputs, for people: `_results.json`, artifacts and the evaluation."""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from api.db import SessionDep
+from api.deps import BlobsDep
+from api.downloads import blob_response, media_type_of
+from api.errors import NotFound, error_responses
+from api.models import RunOutput
+from api.processes.evaluation import EvaluationRead, read_evaluation
+from api.processes.service import get_run
+from api.projects.service import get_project
+from api.security import Permission, Principal, requires
+
+router = APIRouter(
+    prefix="/projects/{project}/runs/{run_id}", tags=["runs"], responses=error_responses(401, 403, 404)
+)
+RunViewer = Annotated[Principal, requires(Permission.RUNS_VIEW)]
+
+
+class ArtifactRead(BaseModel):
+    path: str
+    sha256: str
+    size: int
+
+
+@router.get("/results", operation_id="runs_results_get")
+async def get_results(project: str, run_id: uuid.UUID, session: SessionDep, _: RunViewer) -> dict[str, Any]:
+    """`_results.json` in UiPath AI Center's shape, written when the run succeeded."""
+    run = await get_run(session, await get_project(session, project), run_id)
+    if run.results is None:
+        raise NotFound("the run has no results (it has not succeeded)", code="results_not_found")
+    return run.results
+
+
+@router.get("/artifacts", operation_id="runs_artifacts_list")
+async def list_artifacts(
+    project: str, run_id: uuid.UUID, session: SessionDep, _: RunViewer
+) -> list[ArtifactRead]:
+    """What the package wrote into `artifacts_directory`."""
+    run = await get_run(session, await get_project(session, project), run_id)
+    rows = await session.scalars(
+        select(RunOutput)
+        .where(RunOutput.run_id == run.id, RunOutput.kind == "artifact")
+        .order_by(RunOutput.path)
+    )
+    return [ArtifactRead(path=row.path, sha256=row.sha256 or "", size=row.size) for row in rows]
+
+
+@router.get(
+    "/artifacts/{path:path}",
+    operation_id="runs_artifacts_download",
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "ETag = sha256"}},
+)
+async def download_artifact(
+    project: str,
+    run_id: uuid.UUID,
+    path: Annotated[str, Path(max_length=1024)],
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    _: RunViewer,
+) -> Response:
+    run = await get_run(session, await get_project(session, project), run_id)
+    artifact = await session.scalar(
+        select(RunOutput).where(
+            RunOutput.run_id == run.id, RunOutput.kind == "artifact", RunOutput.path == path
+        )
+    )
+    if artifact is None or artifact.sha256 is None:
+        raise NotFound(f"the run has no artifact {path!r}", code="artifact_not_found")
+    return await blob_response(
+        blobs, artifact.sha256, artifact.size, media_type_of(path), request.headers.get("if-none-match")
+    )
+
+
+@router.get("/evaluation", operation_id="runs_evaluation_get")
+async def get_evaluation(
+    project: str,
+    run_id: uuid.UUID,
+    session: SessionDep,
+    _: RunViewer,
+    badcases_offset: Annotated[int, Query(ge=0, description="Badcases to skip.")] = 0,
+    badcases_limit: Annotated[int, Query(ge=0, le=1000, description="Badcases to return.")] = 100,
+) -> EvaluationRead:
+    """The run's evaluation on its test set (TI-ONE): when, how long, how many samples and badcases,
+    the metrics with per-class precision and recall, and a page of badcases, each with the link that
+    downloads its file from the test dataset. The document's shape is in docs/evaluation.md."""
+    found = await get_project(session, project)
+    run = await get_run(session, found, run_id)
+    evaluation = await session.scalar(
+        select(RunOutput).where(RunOutput.run_id == run.id, RunOutput.kind == "evaluation")
+    )
+    if evaluation is None or evaluation.document is None:
+        raise NotFound("the run has no evaluation", code="evaluation_not_found")
+    return await read_evaluation(
+        session,
+        run,
+        found.name,
+        dict(evaluation.document),
+        evaluation.created_at,
+        offset=badcases_offset,
+        limit=badcases_limit,
+    )

@@ -1,0 +1,65 @@
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from api.schemas import Name, ReadModel, RequestModel
+from shared.enums import ProcessStatus, RunStatus
+
+
+class ProcessCreate(RequestModel):
+    machine: Name = Field(description="The target machine that will run it.")
+    enabled: bool = True
+
+    model_config = {"json_schema_extra": {"examples": [{"machine": "gpu-01"}]}}
+
+
+class RunRead(ReadModel):
+    id: uuid.UUID
+    process_id: uuid.UUID
+    number: int = Field(description="1 for the process's first run, 2 for the next, ...")
+    project: str
+    machine: str
+    status: RunStatus
+    reason_code: str | None = Field(description="Why the run ended, or is ending while `stopping`.")
+    detail: str = Field(description="The traceback or the last lines of stderr, when there are any.")
+    agent_offline: bool = Field(description="The machine stopped polling; the run may be lost.")
+    created_at: datetime
+    launched_at: datetime | None
+    stop_requested_at: datetime | None
+    ended_at: datetime | None
+    elapsed_seconds: float | None = Field(description="Since launch, until the end.")
+    progress: float | None = Field(description="0..1, as the package reports it.")
+    stage: str | None
+    eta_seconds: float | None = Field(description="Estimated seconds until the end (Primo's ~Until end).")
+    exit_code: int | None
+    exit_signal: int | None
+    config: dict[str, Any] = Field(description="The template's settings, frozen when the run started.")
+
+
+class ProcessRead(ReadModel):
+    id: uuid.UUID
+    project: str
+    template: str
+    machine: str
+    enabled: bool
+    status: ProcessStatus = Field(description="The latest run's status; `created` before the first start.")
+    restart_pending: bool = Field(description="A restart waits for the active run to stop.")
+    run_count: int
+    latest_run: RunRead | None
+    created_at: datetime
+
+
+class ProcessEventRead(ReadModel):
+    id: uuid.UUID
+    process_id: uuid.UUID
+    run_id: uuid.UUID | None
+    at: datetime
+    actor_kind: str
+    actor_name: str
+    kind: str = Field(examples=["run_status", "process_disabled"])
+    from_status: str | None
+    to_status: str | None
+    reason_code: str | None
+    detail: str

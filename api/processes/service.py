@@ -1,0 +1,201 @@
+"""Training processes: Primo's actions (create, start, stop, disable, enable, restart, delete).
+
+Each action is one conditional UPDATE on the process row; the run's own moves are in lifecycle.py.
+"""
+
+import uuid
+from typing import NoReturn
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.errors import Conflict, NotFound
+from api.models import Machine, Process, Project, Run, Template
+from api.models.base import utcnow
+from api.notify import Notifier
+from api.processes.lifecycle import Actor, record_event, request_stop, start_run
+from api.processes.schemas import ProcessRead, RunRead
+from api.repository import get_by_name
+from shared.enums import ProcessStatus, ReasonCode
+
+
+async def get_process(session: AsyncSession, project: Project, process_id: uuid.UUID) -> Process:
+    process = await session.scalar(
+        select(Process).where(Process.id == process_id, Process.project_id == project.id)
+    )
+    if process is None:
+        raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
+    return process
+
+
+async def get_run(session: AsyncSession, project: Project, run_id: uuid.UUID) -> Run:
+    run = await session.scalar(select(Run).where(Run.id == run_id, Run.project_id == project.id))
+    if run is None:
+        raise NotFound(f"no run {run_id} in project {project.name!r}", code="run_not_found")
+    return run
+
+
+async def create_process(
+    session: AsyncSession,
+    project: Project,
+    template: Template,
+    machine_name: str,
+    enabled: bool,
+    actor: Actor,
+) -> Process:
+    machine = await get_by_name(session, Machine, machine_name, "machine")
+    # The machine's capacity, held by one conditional UPDATE (and a CHECK behind it): of two creates
+    # racing for the last place, exactly one gets it.
+    claimed = await session.execute(
+        update(Machine)
+        .where(Machine.id == machine.id, Machine.enabled.is_(True), Machine.process_count < Machine.capacity)
+        .values(process_count=Machine.process_count + 1),
+        execution_options={"synchronize_session": False},
+    )
+    if claimed.rowcount == 0:  # type: ignore[attr-defined]
+        await session.refresh(machine)
+        if not machine.enabled:
+            raise Conflict(f"machine {machine.name!r} is disabled", code="machine_disabled", field="machine")
+        raise Conflict(
+            f"machine {machine.name!r} holds its capacity of {machine.capacity} processes already",
+            code="machine_full",
+            field="machine",
+        )
+    process = Process(
+        project_id=project.id,
+        template_id=template.id,
+        machine_id=machine.id,
+        enabled=enabled,
+        created_by=actor.id,
+    )
+    session.add(process)
+    await session.flush()
+    record_event(
+        session,
+        process.id,
+        actor,
+        "process_created",
+        detail=f"template {template.name}, machine {machine.name}",
+    )
+    return process
+
+
+def _require_enabled(process: Process) -> None:
+    if not process.enabled:
+        raise Conflict("the process is disabled: enable it first", code="process_disabled")
+
+
+async def active_run(session: AsyncSession, process: Process) -> Run | None:
+    if process.active_run_id is None:
+        return None
+    return await session.get(Run, process.active_run_id, populate_existing=True)
+
+
+async def start_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
+    _require_enabled(process)
+    return await start_run(session, notifier, process, actor)
+
+
+async def stop_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
+    _require_enabled(process)
+    run = await active_run(session, process)
+    if run is None:
+        raise Conflict("the process has no active run to stop", code="run_not_active")
+    return await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP)
+
+
+async def restart_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> bool:
+    """Start at once if nothing runs (True); else stop the active run and start when it has stopped."""
+    _require_enabled(process)
+    run = await active_run(session, process)
+    if run is None:
+        await start_run(session, notifier, process, actor)
+        return True
+    marked = await session.execute(
+        update(Process)
+        .where(Process.id == process.id, Process.active_run_id == run.id)
+        .values(restart_requested=True),
+        execution_options={"synchronize_session": False},
+    )
+    if marked.rowcount == 0:  # type: ignore[attr-defined]  # the run ended meanwhile
+        await session.refresh(process)
+        await start_run(session, notifier, process, actor)
+        return True
+    record_event(session, process.id, actor, "restart_requested", run_id=run.id)
+    await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP)
+    await session.refresh(process)
+    return process.active_run_id != run.id  # stopped at once: the new run started already
+
+
+async def _refuse_change(session: AsyncSession, process: Process) -> NoReturn:
+    """Why a conditional change of the process matched no row: deleted meanwhile, or a run is active."""
+    if await session.scalar(select(Process.id).where(Process.id == process.id)) is None:
+        raise NotFound(f"no process {process.id}: it was deleted", code="process_not_found")
+    raise Conflict("the process has an active run: stop it first", code="run_active")
+
+
+async def set_enabled(session: AsyncSession, process: Process, enabled: bool, actor: Actor) -> None:
+    statement = update(Process).where(Process.id == process.id).values(enabled=enabled)
+    if not enabled:
+        # Never leave a run that nobody may stop.
+        statement = statement.where(Process.active_run_id.is_(None))
+    result = await session.execute(statement, execution_options={"synchronize_session": False})
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        await _refuse_change(session, process)
+    if process.enabled != enabled:
+        record_event(session, process.id, actor, "process_enabled" if enabled else "process_disabled")
+    await session.refresh(process)
+
+
+async def delete_process(session: AsyncSession, process: Process) -> None:
+    deleted = await session.execute(
+        delete(Process).where(Process.id == process.id, Process.active_run_id.is_(None)),
+        execution_options={"synchronize_session": False},
+    )
+    if deleted.rowcount == 0:  # type: ignore[attr-defined]
+        await _refuse_change(session, process)
+    await session.execute(
+        update(Machine)
+        .where(Machine.id == process.machine_id)
+        .values(process_count=Machine.process_count - 1),
+        execution_options={"synchronize_session": False},
+    )
+    session.expunge(process)
+
+
+def run_read(run: Run, project_name: str, machine_name: str) -> RunRead:
+    columns = {column.key: getattr(run, column.key) for column in Run.__table__.columns}
+    elapsed = None
+    if run.launched_at is not None:
+        elapsed = ((run.ended_at or utcnow()) - run.launched_at).total_seconds()
+    return RunRead.model_validate(
+        {**columns, "project": project_name, "machine": machine_name, "elapsed_seconds": elapsed}
+    )
+
+
+async def process_read(session: AsyncSession, process: Process) -> ProcessRead:
+    project = await session.get(Project, process.project_id)
+    template = await session.get(Template, process.template_id)
+    machine = await session.get(Machine, process.machine_id)
+    assert project is not None and template is not None and machine is not None
+    latest = await session.scalar(
+        select(Run).where(Run.process_id == process.id, Run.number == process.run_count)
+    )
+    return build_process_read(process, project.name, template.name, machine.name, latest)
+
+
+def build_process_read(
+    process: Process, project: str, template: str, machine: str, latest: Run | None
+) -> ProcessRead:
+    return ProcessRead(
+        id=process.id,
+        project=project,
+        template=template,
+        machine=machine,
+        enabled=process.enabled,
+        status=ProcessStatus(latest.status) if latest is not None else ProcessStatus.CREATED,
+        restart_pending=process.restart_requested,
+        run_count=process.run_count,
+        latest_run=run_read(latest, project, machine) if latest is not None else None,
+        created_at=process.created_at,
+    )

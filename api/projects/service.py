@@ -1,0 +1,49 @@
+"""Projects: the scope of templates, processes, packages and datasets."""
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.errors import Conflict
+from api.models import Dataset, Package, Process, Project, Template
+from api.models.base import utcnow
+from api.projects.schemas import ProjectCreate, ProjectUpdate
+from api.repository import add_named, get_by_name
+
+TEMPLATE_COUNT = (
+    select(func.count()).where(Template.project_id == Project.id).correlate(Project).scalar_subquery()
+)
+
+
+async def get_project(session: AsyncSession, name: str) -> Project:
+    return await get_by_name(session, Project, name, "project")
+
+
+async def create_project(session: AsyncSession, data: ProjectCreate) -> Project:
+    return await add_named(session, Project(name=data.name, description=data.description), "project")
+
+
+async def update_project(session: AsyncSession, name: str, data: ProjectUpdate) -> Project:
+    project = await get_project(session, name)
+    if data.description is not None:
+        project.description = data.description
+    project.updated_at = utcnow()
+    await session.flush()
+    return project
+
+
+async def delete_project(session: AsyncSession, name: str) -> None:
+    """Refused while the project holds anything: deleting a project must never delete training history."""
+    project = await get_project(session, name)
+    held = ((Template, "templates"), (Process, "processes"), (Package, "packages"), (Dataset, "datasets"))
+    for model, what in held:
+        count = await session.scalar(select(func.count()).where(model.project_id == project.id))
+        if count:
+            raise Conflict(
+                f"project {name!r} still has {count} {what}: delete them first", code="project_not_empty"
+            )
+    await session.delete(project)
+    await session.flush()
+
+
+async def template_count(session: AsyncSession, project: Project) -> int:
+    return int(await session.scalar(select(func.count()).where(Template.project_id == project.id)) or 0)

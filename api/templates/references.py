@@ -1,0 +1,137 @@
+"""A template's references: its base package version, datasets and parameters, checked against what
+exists and what the package declares.
+
+Checked when a template is written (unknown references refused, the package's declared defaults
+filled in: Primo's "other technical parameters keep their defaults") and again at every start, when
+`latest` dataset versions are resolved to numbers and recorded on the run.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.datasets import service as datasets
+from api.errors import InvalidInput
+from api.models import DatasetVersion, PackageVersion, Project, Template
+from api.packages import service as packages
+from api.packages.inspect import coerce_parameter
+from shared.versions import Version
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    package_version: PackageVersion | None
+    dataset_version: DatasetVersion | None
+    test_dataset_version: DatasetVersion | None
+    parameters: dict[str, Any]
+
+
+async def resolve_package(
+    session: AsyncSession, project: Project, package_name: str | None, version: str | None
+) -> PackageVersion | None:
+    """The base version; with no version named, the package's latest."""
+    if package_name is None:
+        if version is not None:
+            raise InvalidInput(
+                "base_version needs base_package", code="base_package_required", field="base_package"
+            )
+        return None
+    package = await packages.get_package(session, project, package_name)
+    if version is not None:
+        return await packages.get_version(session, package, version)
+    latest = await packages.latest_version(session, package)
+    if latest is None:
+        raise InvalidInput(
+            f"package {package_name!r} has no versions", code="package_empty", field="base_package"
+        )
+    return latest
+
+
+def check_parameters(version: PackageVersion | None, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters validated against the package's declaration, its defaults filled in. A package
+    that declares nothing (no parameters.json) takes any parameter."""
+    if version is None or version.declared_parameters is None:
+        return dict(parameters)
+    declared = {item["name"]: item for item in version.declared_parameters}
+    checked: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise InvalidInput(
+                f"parameter {name!r} is not declared by the package (it declares {known})",
+                code="unknown_parameter",
+                field=f"parameters.{name}",
+            )
+        coerced = coerce_parameter(value, declared[name]["type"])
+        if coerced is None:
+            raise InvalidInput(
+                f"parameter {name!r} must be a {declared[name]['type']}",
+                code="invalid_parameter",
+                field=f"parameters.{name}",
+            )
+        checked[name] = coerced
+    for name, item in declared.items():
+        if name not in checked and item.get("default") is not None:
+            checked[name] = item["default"]
+    return checked
+
+
+async def _dataset_version(
+    session: AsyncSession,
+    project: Project,
+    name: str | None,
+    version: str | None,
+    path: str | None,
+    field: str,
+    *,
+    at_start: bool,
+) -> DatasetVersion | None:
+    if name is None:
+        if path is not None:
+            raise InvalidInput(f"{field}_path needs {field}", code="dataset_required", field=field)
+        return None
+    dataset = await datasets.get_dataset(session, project, name)
+    wanted: int | str = int(version) if version is not None and version.isdigit() else "latest"
+    if wanted == "latest" and not at_start:
+        return None  # resolved at each start; the dataset may still be empty now
+    resolved = await datasets.resolve_version(session, dataset, wanted)
+    if path is not None and at_start:
+        await datasets.manifest(session, resolved, path)  # the sub-folder must hold files
+    return resolved
+
+
+async def resolve(
+    session: AsyncSession, project: Project, template: Template, *, at_start: bool
+) -> ResolvedInputs:
+    package_version = await resolve_package(session, project, template.base_package, template.base_version)
+    return ResolvedInputs(
+        package_version=package_version,
+        dataset_version=await _dataset_version(
+            session,
+            project,
+            template.dataset,
+            template.dataset_version,
+            template.dataset_path,
+            "dataset",
+            at_start=at_start,
+        ),
+        test_dataset_version=await _dataset_version(
+            session,
+            project,
+            template.test_dataset,
+            template.test_dataset_version,
+            template.test_dataset_path,
+            "test_dataset",
+            at_start=at_start,
+        ),
+        parameters=check_parameters(package_version, template.parameters),
+    )
+
+
+async def apply_references(session: AsyncSession, project: Project, template: Template) -> None:
+    """Check a template being written and complete it: the base version pinned, defaults filled in."""
+    resolved = await resolve(session, project, template, at_start=False)
+    if resolved.package_version is not None:
+        template.base_version = str(Version(resolved.package_version.major, resolved.package_version.minor))
+    template.parameters = resolved.parameters
