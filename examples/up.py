@@ -1,0 +1,257 @@
+"""Everything on this machine, the way `make up` runs it: the API, one agent, the demo.
+
+    python examples/up.py [--no-demo] [--exit-after-demo] [--port P] [--host H]
+
+1. The data dir: `TRAINYARD_DATA_DIR`, default `./data`. The administrator's token is
+   `TRAINYARD_BOOTSTRAP_TOKEN`; when unset, the one stored in `DATA/bootstrap_token` (mode 600),
+   generated and printed on the first start.
+2. `trainyard-api migrate`, then `trainyard-api serve` on H:P (127.0.0.1:8000; `PORT` and
+   `TRAINYARD_HOST` too), logging to `DATA/logs/api.log`.
+3. The machine `local`, registered if missing; its agent token in `DATA/agent_token` (mode 600). A
+   machine whose token file was lost gets a new token (rotate-token).
+4. `trainyard-agent run` with that token file and its work dir in `DATA/agent`, logging to
+   `DATA/logs/agent.log`. As root, packages run as root too (`TRAINYARD_RUN_AS=root`, with a warning):
+   this is a one-machine demo; a real target machine runs them as a user of their own.
+5. `examples/demo.py` (not with `--no-demo`), then either waits for Ctrl-C (or SIGTERM) and stops the
+   agent and the API, or with `--exit-after-demo` stops them at once and exits with the demo's status.
+
+Stopping the agent with SIGTERM leaves a run it has in hand going; the next start re-adopts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+
+EXAMPLES = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+MACHINE = "local"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+MIN_TOKEN_CHARS = 32
+
+
+class UpError(Exception):
+    """Something stops the stack from coming up; the message says what to do."""
+
+
+def _command(name: str, module: str) -> list[str]:
+    script = BIN / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """`text` into `path`, readable by its owner only from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def admin_token(data_dir: Path) -> str:
+    given = os.environ.get("TRAINYARD_BOOTSTRAP_TOKEN")
+    if given:
+        return given
+    stored = data_dir / "bootstrap_token"
+    if stored.exists():
+        return stored.read_text().strip()
+    token = secrets.token_urlsafe(MIN_TOKEN_CHARS)
+    _write_secret(stored, token)
+    print(f"the administrator `admin`'s token (kept in {stored}, shown this once):\n\n    {token}\n")
+    return token
+
+
+class Child:
+    """A long-running program of the stack: its own session (Ctrl-C reaches us, and we stop it in
+    order), output appended to a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"{self.name} did not stop within {STOP_TIMEOUT:.0f} s: killed", file=sys.stderr)
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_healthy(api: Child, url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if not api.alive():
+            raise UpError(f"the API exited ({api.process.returncode}); {api.log}:\n{api.tail()}")
+        with suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise UpError(f"the API did not answer {url}/healthz in {START_TIMEOUT:.0f} s; see {api.log}")
+
+
+def machine_token(client: httpx.Client, token_file: Path) -> None:
+    """Register `local` or reuse it; make sure `token_file` holds a token the API accepts."""
+    found = client.get(f"/machines/{MACHINE}")
+    if found.status_code == 401:
+        raise UpError(
+            "the API refused the administrator's token: this data dir's database was made with another "
+            "TRAINYARD_BOOTSTRAP_TOKEN (set that one, or use a fresh TRAINYARD_DATA_DIR)"
+        )
+    if found.status_code == 404:
+        body = {"name": MACHINE, "address": "127.0.0.1", "description": "this machine (make up)"}
+        response = client.post("/machines", json=body)
+    elif found.status_code == 200 and token_file.exists():
+        return
+    elif found.status_code == 200:
+        response = client.post(f"/machines/{MACHINE}/rotate-token")
+    else:
+        raise UpError(f"GET /machines/{MACHINE}: {found.status_code} {found.text[:300]}")
+    if response.status_code not in (200, 201):
+        raise UpError(f"{response.request.url.path}: {response.status_code} {response.text[:300]}")
+    _write_secret(token_file, response.json()["agent_token"])
+
+
+def agent_env(url: str, data_dir: Path, token_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env.update(
+        TRAINYARD_API_URL=url,
+        TRAINYARD_AGENT_TOKEN_FILE=str(token_file),
+        TRAINYARD_AGENT_WORK_DIR=str(data_dir / "agent"),
+    )
+    if os.geteuid() == 0:
+        print(
+            "warning: running as root, so the demo's packages run as root (TRAINYARD_RUN_AS=root); "
+            "on a shared machine, run `make up` as an ordinary user"
+        )
+        env["TRAINYARD_RUN_AS"] = os.environ.get("TRAINYARD_RUN_AS") or "root"
+    return env
+
+
+@contextmanager
+def stack(data_dir: Path, host: str, port: int, token: str) -> Iterator[tuple[str, list[Child]]]:
+    """The API and the agent, running: the URL, and the two (agent first). Both stopped on the way
+    out, the agent first."""
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_BOOTSTRAP_TOKEN=token)
+    with (logs / "api.log").open("ab") as sink:
+        migrate = [*_command("trainyard-api", "api.cli"), "migrate"]
+        migrated = subprocess.run(migrate, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False)
+    if migrated.returncode != 0:
+        raise UpError(f"trainyard-api migrate failed ({migrated.returncode}); see {logs / 'api.log'}")
+    print(f"the database schema in {data_dir} is current")
+    serve = [*_command("trainyard-api", "api.cli"), "serve", "--host", host, "--port", str(port)]
+    children = [Child("the API", serve, env, logs / "api.log")]
+    try:
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        wait_healthy(children[0], url)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=30) as client:
+            token_file = data_dir / "agent_token"
+            machine_token(client, token_file)
+        agent_command = [*_command("trainyard-agent", "agent.cli"), "run"]
+        agent = Child("the agent", agent_command, agent_env(url, data_dir, token_file), logs / "agent.log")
+        children.insert(0, agent)
+        print(f"API on {url} (log {children[1].log}); agent on the machine `{MACHINE}` (log {agent.log})")
+        yield url, children
+    finally:
+        for child in children:
+            child.stop()
+
+
+def run_demo(command: list[str], env: dict[str, str], children: list[Child]) -> int:
+    """The demo's exit code; if the API or the agent dies meanwhile, the demo is stopped and fails."""
+    demo = subprocess.Popen(command, env=env)
+    try:
+        while demo.poll() is None:
+            dead = [child for child in children if not child.alive()]
+            if dead:
+                demo.terminate()
+                demo.wait()
+                raise UpError(
+                    f"{dead[0].name} exited ({dead[0].process.returncode}); {dead[0].log}:\n{dead[0].tail()}"
+                )
+            time.sleep(0.2)
+    finally:
+        if demo.poll() is None:
+            demo.terminate()
+            demo.wait()
+    return demo.returncode
+
+
+def _print_urls(url: str) -> None:
+    print(f"\nAPI docs (OpenAPI): {url}/docs\nPrometheus metrics:  {url}/metrics")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--no-demo", action="store_true", help="start the API and the agent only")
+    parser.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo")
+    parser.add_argument("--host", default=os.environ.get("TRAINYARD_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    args = parser.parse_args(argv)
+    data_dir = Path(os.environ.get("TRAINYARD_DATA_DIR") or "data").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    status = 0
+    try:
+        token = admin_token(data_dir)
+        with stack(data_dir, args.host, args.port, token) as (url, children):
+            if not args.no_demo:
+                demo = [sys.executable, str(EXAMPLES / "demo.py"), "--api", url, "--machine", MACHINE]
+                status = run_demo(demo, dict(os.environ, TRAINYARD_TOKEN=token), children)
+            if args.no_demo or status != 0:  # else the demo printed them
+                _print_urls(url)
+            if args.exit_after_demo:
+                print("stopping the agent and the API (--exit-after-demo)")
+                return status
+            print("running; Ctrl-C stops the agent and the API")
+            while all(child.alive() for child in children):
+                time.sleep(1)
+            dead = next(child for child in children if not child.alive())
+            print(f"up: {dead.name} exited ({dead.process.returncode}); {dead.log}:\n{dead.tail()}")
+            return 1
+    except UpError as error:
+        print(f"up: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping the agent and the API")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
