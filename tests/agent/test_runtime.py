@@ -1,0 +1,475 @@
+"""The run-side runtime: `trainyard.report()` and the runner, with real processes and no mocks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.runtime import trainyard
+
+RUNTIME = Path(__file__).resolve().parents[2] / "agent" / "runtime"
+RUNNER = RUNTIME / "runner.py"
+PATIENCE = 20.0  # a bound on waiting for things that should happen at once, never a timing assertion
+
+
+class Run:
+    def __init__(self, folder: Path, process: subprocess.Popen[str]) -> None:
+        self.folder = folder
+        self.process = process
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        return json.loads((self.folder / "outcome.json").read_text())  # type: ignore[no-any-return]
+
+    @property
+    def spool(self) -> list[dict[str, Any]]:
+        path = self.folder / "spool.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait(self) -> int:
+        return self.process.wait(timeout=60)
+
+
+def package(tmp_path: Path, train: str, **files: str) -> Path:
+    folder = tmp_path / "package"
+    folder.mkdir()
+    (folder / "train.py").write_text(textwrap.dedent(train))
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+def start(folder: Path, pipeline: str = "training", **env: str) -> Run:
+    data = folder.parent / "data"
+    data.mkdir(exist_ok=True)
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("RANK", "TRAINYARD_SPOOL")},
+        "data_directory": str(data),
+        "artifacts_directory": str(folder.parent / "artifacts"),
+        "TRAINYARD_PIPELINE": pipeline,
+        "TRAINYARD_OUTCOME": str(folder.parent / "outcome.json"),
+        "TRAINYARD_SPOOL": str(folder.parent / "spool.jsonl"),
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(RUNNER)], cwd=folder, env=environment, text=True, start_new_session=True
+    )
+    return Run(folder.parent, process)
+
+
+def run(folder: Path, pipeline: str = "training", **env: str) -> tuple[int, Run]:
+    started = start(folder, pipeline, **env)
+    return started.wait(), started
+
+
+def eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def pid_in(path: Path) -> int:
+    eventually(path.exists)
+    return int(path.read_text())
+
+
+TRAINS_AND_SAVES = """
+    import os
+    from trainyard import report
+
+    class Main:
+        def __init__(self):
+            self.seen = None
+
+        def train(self, data_directory):
+            self.seen = data_directory
+            for epoch in range(1, 4):
+                report(epoch=epoch, total_epochs=3, loss=1.0 / epoch, accuracy=0.5, note="text")
+
+        def evaluate(self, data_directory):
+            return {"accuracy": 0.75, "directory": data_directory}
+
+        def save(self):
+            with open("model.pkl", "w") as file:
+                file.write(self.seen)
+"""
+
+
+# -- report() -------------------------------------------------------------------------------------------
+
+
+def test_report_outside_a_run_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRAINYARD_SPOOL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    trainyard.report(epoch=1, loss=0.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_under_torchrun_records_on_rank_zero_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
+    monkeypatch.setenv("RANK", "1")
+    trainyard.report(epoch=1, loss=0.5)
+    assert not spool.exists()
+    monkeypatch.setenv("RANK", "0")
+    trainyard.report(epoch=1, loss=0.5)
+    assert [json.loads(line)["series"] for line in spool.read_text().splitlines()] == [{"loss": 0.5}]
+
+
+def test_report_keeps_finite_numbers_and_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
+    monkeypatch.delenv("RANK", raising=False)
+    long_name = "x" * 300
+    series: dict[str, Any] = {
+        "loss": 1,
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "text": "0.5",
+        long_name: 2.5,
+    }
+    trainyard.report(epoch=2, total_epochs=float("nan"), step=7, total_steps=10, stage="training", **series)
+    [record] = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert record["series"] == {"loss": 1.0, "x" * 128: 2.5}
+    assert (record["epoch"], record["total_epochs"], record["step"], record["total_steps"]) == (
+        2,
+        None,
+        7,
+        10,
+    )
+    assert record["stage"] == "training"
+    assert isinstance(record["t"], float) and isinstance(record["seq"], int)
+
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(tmp_path / "no-such-folder" / "spool.jsonl"))
+    trainyard.report(loss=1.0)  # an unwritable spool is not the training's problem
+
+
+def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
+    monkeypatch.delenv("RANK", raising=False)
+
+    def many() -> None:
+        for step in range(200):
+            trainyard.report(step=step, loss=0.1)
+
+    threads = [threading.Thread(target=many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert len(records) == 800
+    sequences = [record["seq"] for record in records]
+    assert len(set(sequences)) == 800 and sequences == sorted(sequences)
+
+
+# -- the runner: pipelines and outcomes -------------------------------------------------------------
+
+
+def test_training_runs_saves_and_reports(tmp_path: Path) -> None:
+    folder = package(tmp_path, TRAINS_AND_SAVES)
+    code, result = run(folder, "training")
+    assert code == 0
+    outcome = result.outcome
+    assert (outcome["status"], outcome["reason_code"], outcome["evaluation"]) == (
+        "succeeded",
+        "completed",
+        None,
+    )
+    assert set(outcome["stage_times"]) == {"training", "saving"}
+    assert (folder / "model.pkl").read_text() == str(tmp_path / "data")
+    spool = result.spool
+    assert [r["stage"] for r in spool if r["stage"]] == ["training", "saving"]
+    metrics = [r for r in spool if r["series"]]
+    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+    assert metrics[0]["series"] == {"loss": 1.0, "accuracy": 0.5}
+    assert [r["seq"] for r in spool] == list(range(1, len(spool) + 1))
+
+
+def test_evaluation_returns_a_dict_of_metrics(tmp_path: Path) -> None:
+    folder = package(tmp_path, TRAINS_AND_SAVES)
+    test_data = tmp_path / "test-data"
+    test_data.mkdir()
+    code, result = run(folder, "evaluation", test_data_directory=str(test_data))
+    assert code == 0
+    outcome = result.outcome
+    assert outcome["status"] == "succeeded"
+    assert outcome["evaluation"] == {"accuracy": 0.75, "directory": str(test_data)}
+    assert set(outcome["stage_times"]) == {"evaluation"}
+    assert not (folder / "model.pkl").exists()  # an evaluation neither trains nor saves
+
+
+def test_full_pipeline_processes_trains_evaluates_and_saves_a_score(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        """
+        class Main:
+            def process_data(self, input_directory):
+                open("processed", "w").close()
+
+            def train(self, data_directory):
+                pass
+
+            def evaluate(self, data_directory):
+                return 0.875
+
+            def save(self):
+                open("model.pkl", "w").close()
+        """,
+    )
+    code, result = run(folder, "full")
+    assert code == 0
+    outcome = result.outcome
+    assert outcome["evaluation"] == {"score": 0.875}
+    assert list(outcome["stage_times"]) == ["process_data", "training", "evaluation", "saving"]
+    assert [r["stage"] for r in result.spool] == ["process_data", "training", "evaluation", "saving"]
+    assert (folder / "processed").exists() and (folder / "model.pkl").exists()
+
+
+def test_a_syntax_error_is_an_invalid_package(tmp_path: Path) -> None:
+    folder = package(tmp_path, "class Main:\n    def train(self, d):\n        return )\n")
+    code, result = run(folder)
+    assert code == 1
+    outcome = result.outcome
+    assert (outcome["status"], outcome["reason_code"]) == ("failed", "invalid_package")
+    assert "train.py" in outcome["detail"] and "line 3" in outcome["detail"]
+    assert "return )" in outcome["detail"]
+
+
+@pytest.mark.parametrize(
+    ("train", "words"),
+    [
+        ("X = 1\n", "no class Main"),
+        ("class Main:\n    def train(self, d):\n        pass\n", "no save"),
+        (None, "no train.py"),
+    ],
+)
+def test_a_package_breaking_the_contract_is_invalid(tmp_path: Path, train: str | None, words: str) -> None:
+    folder = package(tmp_path, train or "")
+    if train is None:
+        (folder / "train.py").unlink()
+    code, result = run(folder)
+    assert code == 1
+    assert (result.outcome["reason_code"], words in result.outcome["detail"]) == ("invalid_package", True)
+
+
+def test_an_evaluation_without_evaluate_fails_clearly(tmp_path: Path) -> None:
+    folder = package(tmp_path, "class Main:\n    def train(self, d): pass\n    def save(self): pass\n")
+    code, result = run(folder, "evaluation")
+    assert code == 1
+    assert result.outcome["reason_code"] == "invalid_package"
+    assert "evaluate" in result.outcome["detail"]
+
+
+def test_an_exception_in_train_fails_with_its_traceback(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        """
+        class Main:
+            def train(self, data_directory):
+                raise ValueError("the data is wrong")
+
+            def save(self):
+                open("model.pkl", "w").close()
+        """,
+    )
+    code, result = run(folder)
+    assert code == 1
+    outcome = result.outcome
+    assert (outcome["status"], outcome["reason_code"]) == ("failed", "exception")
+    assert "Traceback" in outcome["detail"] and "ValueError: the data is wrong" in outcome["detail"]
+    assert "train.py" in outcome["detail"]
+    assert not (folder / "model.pkl").exists()
+
+
+def test_a_packages_own_modules_do_not_collide_with_ours(tmp_path: Path) -> None:
+    own = {f"{name}.py": f"OWN = {name!r}\n" for name in ("agent", "api", "shared", "runner")}
+    folder = package(
+        tmp_path,
+        """
+        import agent, api, shared, runner, trainyard
+
+        class Main:
+            def train(self, data_directory):
+                assert (agent.OWN, api.OWN, shared.OWN, runner.OWN) == ("agent", "api", "shared", "runner")
+                trainyard.report(loss=0.25)
+
+            def save(self):
+                with open("trainyard-from", "w") as file:
+                    file.write(trainyard.__file__)
+        """,
+        **own,
+    )
+    code, result = run(folder)
+    assert code == 0, result.outcome["detail"]
+    assert Path((folder / "trainyard-from").read_text()).parent.parent == RUNTIME
+    assert [r["series"] for r in result.spool if r["series"]] == [{"loss": 0.25}]
+
+
+# -- the runner: stopping and supervising ---------------------------------------------------------------
+
+
+def test_sigterm_runs_the_packages_handler_and_the_runner_exits(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        """
+        import signal, sys, time
+
+        def stop(signum, frame):
+            open("stopped-cleanly", "w").close()
+            sys.exit(3)
+
+        class Main:
+            def train(self, data_directory):
+                signal.signal(signal.SIGTERM, stop)
+                open("ready", "w").close()
+                time.sleep(600)
+
+            def save(self):
+                pass
+        """,
+    )
+    started = start(folder)
+    eventually((folder / "ready").exists)
+    started.process.send_signal(signal.SIGTERM)
+    assert started.wait() == 1
+    assert (folder / "stopped-cleanly").exists()
+    assert (started.outcome["status"], started.outcome["reason_code"]) == ("failed", "exception")
+
+
+FORKS = """
+    import os, time
+
+    def write(path, text):
+        with open(path + ".tmp", "w") as file:
+            file.write(text)
+        os.rename(path + ".tmp", path)
+
+    def linger(name):
+        try:
+            write(name, str(os.getpid()))
+            time.sleep(600)
+        finally:
+            os._exit(0)
+
+    class Main:
+        def train(self, data_directory):
+            if os.fork() == 0:
+                linger("child.pid")
+            if os.fork() == 0:  # a daemon: fork again, the middle one exits at once
+                try:
+                    os.setsid()
+                    if os.fork() == 0:
+                        linger("grandchild.pid")
+                finally:
+                    os._exit(0)
+            while not (os.path.exists("child.pid") and os.path.exists("grandchild.pid")):
+                time.sleep(0.01)
+            if os.environ.get("STAY"):
+                open("ready", "w").close()
+                time.sleep(600)
+
+        def save(self):
+            open("model.pkl", "w").close()
+"""
+
+
+def test_descendants_are_stopped_when_training_ends(tmp_path: Path) -> None:
+    folder = package(tmp_path, FORKS)
+    started = start(folder, TRAINYARD_STOP_GRACE="5")
+    pids = [pid_in(folder / "child.pid"), pid_in(folder / "grandchild.pid")]
+    assert started.wait() == 0
+    assert started.outcome["status"] == "succeeded"
+    for pid in pids:
+        eventually(lambda pid=pid: gone(pid))
+
+
+def test_sigterm_stops_every_descendant(tmp_path: Path) -> None:
+    folder = package(tmp_path, FORKS)
+    started = start(folder, STAY="1", TRAINYARD_STOP_GRACE="5")
+    eventually((folder / "ready").exists)
+    pids = [pid_in(folder / "child.pid"), pid_in(folder / "grandchild.pid")]
+    started.process.send_signal(signal.SIGTERM)
+    assert started.wait() == 128 + signal.SIGTERM
+    assert (started.outcome["status"], started.outcome["reason_code"]) == ("failed", "exit_nonzero")
+    assert "SIGTERM" in started.outcome["detail"]
+    for pid in pids:
+        eventually(lambda pid=pid: gone(pid))
+
+
+def test_a_package_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        """
+        import signal, time
+
+        class Main:
+            def train(self, data_directory):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                open("ready", "w").close()
+                time.sleep(600)
+
+            def save(self):
+                pass
+        """,
+    )
+    started = start(folder, TRAINYARD_STOP_GRACE="1")
+    eventually((folder / "ready").exists)
+    started.process.send_signal(signal.SIGTERM)
+    assert started.wait() == 128 + signal.SIGKILL
+    assert started.outcome["status"] == "failed"
+    assert "SIGKILL" in started.outcome["detail"]
+
+
+def test_an_import_error_is_an_exception_with_its_traceback(tmp_path: Path) -> None:
+    folder = package(tmp_path, "import no_such_module_here\n")
+    code, result = run(folder)
+    assert code == 1
+    assert result.outcome["reason_code"] == "exception"
+    assert (
+        "ModuleNotFoundError" in result.outcome["detail"]
+        and "no_such_module_here" in result.outcome["detail"]
+    )
+
+
+def test_a_training_process_ending_without_an_outcome_is_a_failure(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        """
+        import os
+
+        class Main:
+            def train(self, data_directory):
+                os._exit(0)
+
+            def save(self):
+                pass
+        """,
+    )
+    code, result = run(folder)
+    assert code == 1
+    assert (result.outcome["status"], result.outcome["reason_code"]) == ("failed", "exit_nonzero")
+    assert "code 0" in result.outcome["detail"]

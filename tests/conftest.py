@@ -1,0 +1,130 @@
+"""Fixtures: every test gets its own freshly migrated database, on SQLite and on PostgreSQL.
+
+The schema is built by the real migrations once per session (a template database on PostgreSQL, a
+file on SQLite) and copied per test, so tests are isolated even when they race requests on purpose.
+Set TRAINYARD_TEST_DATABASES=sqlite to run on one database only while developing; CI runs both.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from api.config import Settings
+from api.main import create_app
+from api.migrate import upgrade
+
+ADMIN_TOKEN = "bootstrap-token-for-tests-0123456789abcdef"
+SECRET_KEY = "secret-key-for-tests-0123456789abcdefghijkl"
+POSTGRES_URL = os.environ.get("TRAINYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DATABASES = os.environ.get("TRAINYARD_TEST_DATABASES", "sqlite,postgresql").split(",")
+
+
+def _pg_admin_connect() -> psycopg.Connection:
+    return psycopg.connect(POSTGRES_URL, autocommit=True)
+
+
+def _pg_url(database: str) -> str:
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("schema") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    name = f"trainyard_tpl_{os.getpid()}"
+    try:
+        admin = _pg_admin_connect()
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    upgrade(_pg_url(name))
+    yield name
+    with _pg_admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of its own for this test."""
+    if request.param == "sqlite":
+        path = tmp_path / "trainyard.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"trainyard_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield _pg_url(name)
+    with _pg_admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def scratch_postgres() -> Iterator[str]:
+    """An empty PostgreSQL database, not migrated: for tests that run `trainyard-api` processes."""
+    if "postgresql" not in DATABASES:
+        pytest.skip("TRAINYARD_TEST_DATABASES leaves PostgreSQL out")
+    name = f"trainyard_cli_{uuid.uuid4().hex[:12]}"
+    with _pg_admin_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield _pg_url(name)
+    with _pg_admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    # The sweeper is parked: tests that need the clock call Sweeper.sweep_once() themselves.
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
+        secret_key=SECRET_KEY,  # type: ignore[arg-type]
+        sweep_interval=3600,
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def anon(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    """A client with no token."""
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://trainyard.test") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    """The bootstrap administrator."""
+    async with AsyncClient(
+        transport=ASGITransport(app=app),
+        base_url="http://trainyard.test/api/v1",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
