@@ -202,9 +202,16 @@ async def test_primo_flow_over_http(tmp_path: Path) -> None:
                 assert stopping["status"] == "stopping"
                 assert [c["kind"] for c in ok(await agent.get("/commands"))] == ["stop_run"]
 
+            async with http(f"{server.base_url}/api/v1/agent", "ty_not_a_token") as stranger:
+                assert (await stranger.get("/commands")).status_code == 401
             assert ok(await admin.get(f"{server.base_url}/readyz")) == {"status": "ready"}
     assert server.process.returncode in CLEAN_EXIT, server.output()
     assert "Application shutdown complete" in server.output()
+    # The access log keeps people's requests and the agents' refusals, not the agents' routine traffic.
+    access = [line for line in server.output().splitlines() if '" 20' in line or '" 40' in line]
+    assert any(f"POST /api/v1/projects/invoices/processes/{process['id']}/start" in a for a in access)
+    assert any("GET /api/v1/agent/commands HTTP/1.1\" 401" in a for a in access), access
+    assert not [a for a in access if "/api/v1/agent/" in a and '" 401' not in a], access
 
 
 @pytest.mark.postgres
