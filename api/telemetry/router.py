@@ -40,14 +40,6 @@ _BATCH_BODY = {
 }
 
 
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
-# Read before authentication (no database connection is held while a body arrives), parsed after it.
-RawBody = Annotated[bytes, Depends(_body)]
-
-
 def _counted(batch: Batch) -> None:
     """The batch in /metrics: points, lines, batches, and the lag of its newest point or line."""
     prometheus.POINTS.inc(len(batch.value))
@@ -66,22 +58,25 @@ def _counted(batch: Batch) -> None:
 )
 async def push_telemetry(
     run_id: uuid.UUID,
-    body: RawBody,
     request: Request,
-    session: SessionDep,
-    notifier: NotifierDep,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> TelemetryReply:
     """One batch of metric points and log lines. Stored once per `seq` and in order: a repeat is a
     no-op, a batch after a gap is refused with the seqs `missing`; `acked_through` is what is stored.
     Takes a machine's agent token, looked up with the batch's own statements (`ingest`)."""
+    # No session dependency: the body is read before any database connection is taken (none waits on
+    # a slow upload), and `ingest` holds its unit of work and commits it, in one call on SQLite.
+    body = await request.body()
     digest = bearer_digest(request)
+    state = request.app.state
     try:
         batch = wire.from_json(body)
     except (RequestValidationError, InvalidInput):
-        await agent_for(session, digest)  # who may not post learns that first, as before
+        async with state.sessionmaker() as session:
+            await agent_for(session, digest)  # who may not post learns that first, as before
         raise
-    reply, stored = await ingest.ingest(session, notifier, digest, run_id, batch)
+    engine, sessionmaker, notifier = state.engine, state.sessionmaker, state.notifier
+    reply, stored = await ingest.ingest(engine, sessionmaker, notifier, digest, run_id, batch)
     if stored:
         _counted(batch)
     return reply
