@@ -2,9 +2,10 @@
 
 import unicodedata
 from collections.abc import Iterable
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -18,16 +19,23 @@ M = TypeVar("M", bound=Base)
 _BATCH = 500  # rows per INSERT: under SQLite's limit of bound parameters
 
 
+@cache
+def _by_name(model: type[Base], scope: tuple[str, ...]) -> Select[Any]:
+    """The lookup by name, built once per model and scope: lookups sit on every request's path."""
+    statement = select(model).where(model.name == bindparam("name"))  # type: ignore[attr-defined]
+    for column in scope:
+        statement = statement.where(getattr(model, column) == bindparam(f"scope_{column}"))
+    return statement
+
+
 async def get_by_name(session: AsyncSession, model: type[M], name: str, what: str, **scope: Any) -> M:
     """The object named `name` (within `scope`, e.g. project_id=...), or a 404 `<what>_not_found`.
 
     Names are stored NFC; a path may spell one decomposed (macOS, some keyboards): it is the same name.
     """
     name = unicodedata.normalize("NFC", name)
-    statement = select(model).where(model.name == name)  # type: ignore[attr-defined]
-    for column, value in scope.items():
-        statement = statement.where(getattr(model, column) == value)
-    found = await session.scalar(statement)
+    parameters = {"name": name, **{f"scope_{column}": value for column, value in scope.items()}}
+    found: M | None = await session.scalar(_by_name(model, tuple(scope)), parameters)
     if found is None:
         raise NotFound(f"no {what.replace('_', ' ')} named {name!r}", code=f"{what}_not_found")
     return found

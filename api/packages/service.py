@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.blobs import StoredBlob
@@ -41,14 +41,24 @@ def parse_version(text: str) -> Version:
         raise NotFound(str(error), code="package_version_not_found", field="version") from None
 
 
+# Built once: every start reads a package version by one of these.
+_VERSION = select(PackageVersion).where(
+    PackageVersion.package_id == bindparam("package_id"),
+    PackageVersion.major == bindparam("major"),
+    PackageVersion.minor == bindparam("minor"),
+)
+_LATEST_VERSION = (
+    select(PackageVersion)
+    .where(PackageVersion.package_id == bindparam("package_id"))
+    .order_by(PackageVersion.major.desc(), PackageVersion.minor.desc())
+    .limit(1)
+)
+
+
 async def get_version(session: AsyncSession, package: Package, version: str) -> PackageVersion:
     number = parse_version(version)
     found = await session.scalar(
-        select(PackageVersion).where(
-            PackageVersion.package_id == package.id,
-            PackageVersion.major == number.major,
-            PackageVersion.minor == number.minor,
-        )
+        _VERSION, {"package_id": package.id, "major": number.major, "minor": number.minor}
     )
     if found is None:
         raise NotFound(f"package {package.name!r} has no version {version}", code="package_version_not_found")
@@ -56,12 +66,7 @@ async def get_version(session: AsyncSession, package: Package, version: str) -> 
 
 
 async def latest_version(session: AsyncSession, package: Package) -> PackageVersion | None:
-    return await session.scalar(
-        select(PackageVersion)
-        .where(PackageVersion.package_id == package.id)
-        .order_by(PackageVersion.major.desc(), PackageVersion.minor.desc())
-        .limit(1)
-    )
+    return await session.scalar(_LATEST_VERSION, {"package_id": package.id})
 
 
 async def check_package(path: Path, limits: ArchiveLimits) -> PackageInfo:

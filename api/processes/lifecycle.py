@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import Conflict, InvalidInput, NotFound
@@ -38,6 +38,21 @@ ALLOWED_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 _CAS_ATTEMPTS = 5
 UNTAKEN_COMMAND_STATES = (CommandState.PENDING, CommandState.DELIVERED)
+
+# A start's statements, built once: every start runs them.
+_MACHINE_ENABLED = select(Machine.enabled).where(Machine.id == bindparam("machine_id"))
+_PROCESS_ENABLED = select(Process.enabled).where(Process.id == bindparam("process_id"))
+# The start's compare-and-set. It returns the process row as it leaves it, which refreshes the caller's
+# object in the same statement (populate_existing).
+_CLAIM = (
+    update(Process)
+    .where(Process.id == bindparam("process_id"), Process.active_run_id.is_(None), Process.enabled.is_(True))
+    .values(active_run_id=bindparam("run_id"), run_count=Process.run_count + 1, restart_requested=False)
+    .returning(Process)
+)
+# The run as the database holds it (on PostgreSQL, JSONB orders the config's keys): what a read-back
+# would give, without one.
+_INSERT_RUN = insert(Run).returning(Run)
 
 
 @dataclass(frozen=True)
@@ -173,11 +188,24 @@ def start_payload(
     )
 
 
-async def start_run(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
-    """Make the process's next run and queue its start command, or refuse with a clear conflict."""
+async def start_run(
+    session: AsyncSession,
+    notifier: Notifier,
+    process: Process,
+    actor: Actor,
+    *,
+    machine_enabled: bool | None = None,
+) -> Run:
+    """Make the process's next run and queue its start command, or refuse with a clear conflict.
+
+    `machine_enabled` is the machine's flag if the caller read it in this request (the start route
+    reads it with the process); else it is read here. The template and the project come from the
+    session's identity map when the caller holds them.
+    """
     # Checks first, writes after: a refusal leaves nothing to undo. A machine disabled while this start
     # commits takes the start as one that came before the disable, as a run it already had.
-    machine_enabled = await session.scalar(select(Machine.enabled).where(Machine.id == process.machine_id))
+    if machine_enabled is None:
+        machine_enabled = await session.scalar(_MACHINE_ENABLED, {"machine_id": process.machine_id})
     if not machine_enabled:
         raise Conflict("the process's machine is disabled and takes no new run", code="machine_disabled")
     template = await session.get(Template, process.template_id)
@@ -191,46 +219,38 @@ async def start_run(session: AsyncSession, notifier: Notifier, process: Process,
         ) from None
     run_id = new_id()
     claimed = await session.execute(
-        update(Process)
-        .where(Process.id == process.id, Process.active_run_id.is_(None), Process.enabled.is_(True))
-        .values(active_run_id=run_id, run_count=Process.run_count + 1, restart_requested=False)
-        .returning(Process.run_count),
-        execution_options={"synchronize_session": False},
+        _CLAIM,
+        {"process_id": process.id, "run_id": run_id},
+        execution_options={"synchronize_session": False, "populate_existing": True},
     )
-    number = claimed.scalar_one_or_none()
-    if number is None:
+    if claimed.scalar_one_or_none() is None:
         # Read the refusal's cause as a value: the process may have been deleted meanwhile.
-        enabled = await session.scalar(select(Process.enabled).where(Process.id == process.id))
+        enabled = await session.scalar(_PROCESS_ENABLED, {"process_id": process.id})
         if enabled is None:
             raise NotFound(f"no process {process.id}: it was deleted", code="process_not_found")
         if not enabled:
             raise Conflict("the process is disabled: enable it first", code="process_disabled")
         raise Conflict("the process already has an active run", code="run_active")
-    now = utcnow()
-    payload = start_payload(run_id, process, template, project.name, inputs)
-    run = Run(
-        id=run_id,
-        process_id=process.id,
-        project_id=process.project_id,
-        machine_id=process.machine_id,
-        number=number,
-        status=RunStatus.STARTING.value,
-        config=payload.model_dump(mode="json"),
-        created_at=now,
-        created_by=actor.id if actor.kind is ActorKind.USER else None,
-        package_version_id=None if inputs.package_version is None else inputs.package_version.id,
-        dataset_version_id=None if inputs.dataset_version is None else inputs.dataset_version.id,
-        test_dataset_version_id=None
+    start = start_payload(run_id, process, template, project.name, inputs).model_dump(mode="json")
+    run_row = {
+        "id": run_id,
+        "process_id": process.id,
+        "project_id": process.project_id,
+        "machine_id": process.machine_id,
+        "number": process.run_count,
+        "status": RunStatus.STARTING.value,
+        "config": start,
+        "created_at": utcnow(),
+        "created_by": actor.id if actor.kind is ActorKind.USER else None,
+        "package_version_id": None if inputs.package_version is None else inputs.package_version.id,
+        "dataset_version_id": None if inputs.dataset_version is None else inputs.dataset_version.id,
+        "test_dataset_version_id": None
         if inputs.test_dataset_version is None
         else inputs.test_dataset_version.id,
-    )
-    session.add(run)
-    await session.flush()
+    }
+    run = (await session.scalars(_INSERT_RUN, [run_row])).one()
     record_event(session, process.id, actor, "run_status", run_id=run.id, to_status=RunStatus.STARTING.value)
-    await _queue_command(
-        session, notifier, run, CommandKind.START_RUN, {"start": payload.model_dump(mode="json")}
-    )
-    await session.refresh(process)
+    await _queue_command(session, notifier, run, CommandKind.START_RUN, {"start": start})
     return run
 
 

@@ -118,9 +118,9 @@ async def start_process(
     project: str, process_id: uuid.UUID, session: SessionDep, notifier: NotifierDep, principal: Manager
 ) -> ProcessRead:
     """Start a new run (409 `run_active` while one is active, `process_disabled` on a disabled process)."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    await service.start_process(session, notifier, process, _actor(principal))
-    return await service.process_read(session, process)
+    loaded = await service.load_process(session, project, process_id)
+    run = await service.start_process(session, notifier, loaded, _actor(principal))
+    return service.loaded_process_read(loaded, run)  # the new run is the latest
 
 
 @router.post(

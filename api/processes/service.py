@@ -3,10 +3,12 @@
 Each action is one conditional UPDATE on the process row; the run's own moves are in lifecycle.py.
 """
 
+import unicodedata
 import uuid
+from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import Conflict, NotFound
@@ -15,8 +17,29 @@ from api.models.base import utcnow
 from api.notify import Notifier
 from api.processes.lifecycle import Actor, record_event, request_stop, start_run
 from api.processes.schemas import ProcessRead, RunRead
+from api.projects.service import get_project
 from api.repository import get_by_name
 from shared.enums import ProcessStatus, ReasonCode
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedProcess:
+    """A process with the rows its start and its response read. Holding them keeps them in the
+    session's identity map, so that `session.get` finds them without a statement."""
+
+    process: Process
+    project: Project
+    template: Template
+    machine: Machine
+
+
+_PROCESS_IN_PROJECT = (
+    select(Process, Project, Template, Machine)
+    .join(Project, Project.id == Process.project_id)
+    .join(Template, Template.id == Process.template_id)
+    .join(Machine, Machine.id == Process.machine_id)
+    .where(Process.id == bindparam("process_id"), Project.name == bindparam("project"))
+)
 
 
 async def get_process(session: AsyncSession, project: Project, process_id: uuid.UUID) -> Process:
@@ -26,6 +49,20 @@ async def get_process(session: AsyncSession, project: Project, process_id: uuid.
     if process is None:
         raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
     return process
+
+
+async def load_process(session: AsyncSession, project_name: str, process_id: uuid.UUID) -> LoadedProcess:
+    """The process with its project, template and machine in one statement; the same 404s as
+    `get_project` then `get_process`."""
+    name = unicodedata.normalize("NFC", project_name)  # as get_by_name reads a name
+    row = (
+        await session.execute(_PROCESS_IN_PROJECT, {"process_id": process_id, "project": name})
+    ).one_or_none()
+    if row is None:
+        project = await get_project(session, project_name)  # 404 project_not_found if it is the project
+        raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
+    process, project, template, machine = row
+    return LoadedProcess(process, project, template, machine)
 
 
 async def get_run(session: AsyncSession, project: Project, run_id: uuid.UUID) -> Run:
@@ -91,9 +128,11 @@ async def active_run(session: AsyncSession, process: Process) -> Run | None:
     return await session.get(Run, process.active_run_id, populate_existing=True)
 
 
-async def start_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
-    _require_enabled(process)
-    return await start_run(session, notifier, process, actor)
+async def start_process(
+    session: AsyncSession, notifier: Notifier, loaded: LoadedProcess, actor: Actor
+) -> Run:
+    _require_enabled(loaded.process)
+    return await start_run(session, notifier, loaded.process, actor, machine_enabled=loaded.machine.enabled)
 
 
 async def stop_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
@@ -182,6 +221,13 @@ async def process_read(session: AsyncSession, process: Process) -> ProcessRead:
         select(Run).where(Run.process_id == process.id, Run.number == process.run_count)
     )
     return build_process_read(process, project.name, template.name, machine.name, latest)
+
+
+def loaded_process_read(loaded: LoadedProcess, latest: Run | None) -> ProcessRead:
+    """`process_read` for a process whose rows and latest run the request holds already."""
+    return build_process_read(
+        loaded.process, loaded.project.name, loaded.template.name, loaded.machine.name, latest
+    )
 
 
 def build_process_read(
