@@ -210,7 +210,7 @@ async def test_primo_flow_over_http(tmp_path: Path) -> None:
     # The access log keeps people's requests and the agents' refusals, not the agents' routine traffic.
     access = [line for line in server.output().splitlines() if '" 20' in line or '" 40' in line]
     assert any(f"POST /api/v1/projects/invoices/processes/{process['id']}/start" in a for a in access)
-    assert any("GET /api/v1/agent/commands HTTP/1.1\" 401" in a for a in access), access
+    assert any('GET /api/v1/agent/commands HTTP/1.1" 401' in a for a in access), access
     assert not [a for a in access if "/api/v1/agent/" in a and '" 401' not in a], access
 
 
