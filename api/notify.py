@@ -53,8 +53,15 @@ class Notifier:
     # The channel committed wake-ups are published on, or None: in-process only.
     channel: str | None = None
 
+    # How many ids' last wakes are remembered (`mark`); beyond it they are forgotten at once, and a look
+    # that began before is taken as woken: a poll's second pass at worst, never a missed command.
+    REMEMBERED = 8192
+
     def __init__(self) -> None:
         self._waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
+        self._wakes = 0  # wakes so far: `mark`
+        self._woken_at: dict[uuid.UUID, int] = {}  # an id's last wake, as the count after it
+        self._forgotten = 0  # the count when `_woken_at` was last emptied: earlier wakes are unknown
 
     async def start(self) -> None:
         """Nothing to start in-process."""
@@ -77,19 +84,52 @@ class Notifier:
         self.machine_changed_after_commit(session, run_id)
 
     def wake(self, machine_ids: set[uuid.UUID]) -> None:
+        self._wakes += 1
+        if len(self._woken_at) >= self.REMEMBERED:
+            self._forget()
         for machine_id in machine_ids:
+            self._woken_at[machine_id] = self._wakes
             for waiter in self._waiters.get(machine_id, ()):
                 waiter.set()
+
+    def wake_all(self) -> None:
+        """Every waiter, and every look under way (`mark`): whatever committed, for any machine."""
+        self._wakes += 1
+        self._forget()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
+
+    def _forget(self) -> None:
+        self._woken_at.clear()
+        self._forgotten = self._wakes
+
+    def mark(self) -> int:
+        """The wake counter, for a look for commands about to begin: `listen(machine, since=mark)`."""
+        return self._wakes
+
+    def woken_since(self, machine_id: uuid.UUID, mark: int) -> bool:
+        """Whether `machine_id` may have been woken after `mark` (yes, when that is no longer known)."""
+        return mark < self._forgotten or self._woken_at.get(machine_id, 0) > mark
 
     @property
     def waiting(self) -> int:
         return sum(len(waiters) for waiters in self._waiters.values())
 
     @contextmanager
-    def listen(self, machine_id: uuid.UUID) -> Iterator[Wakeup]:
-        """An event set when something for `machine_id` commits. Listen first, then look, then wait:
-        a command committed between the look and the wait still wakes the waiter."""
+    def listen(self, machine_id: uuid.UUID, since: int | None = None) -> Iterator[Wakeup]:
+        """An event set when something for `machine_id` commits. Listen first, then look, then wait: a
+        command committed between the look and the wait still wakes the waiter. Or `mark()` first, then
+        look, then listen `since` that mark: the waiter starts woken if the machine was woken after it.
+
+        Wakes come after the commit (`_wake_after_commit`; from another process, when its
+        notification arrives, later still). So a command the look did not see committed after the
+        look began, after the mark, and its wake comes after the mark too: before the listen, it is
+        remembered and the waiter starts woken; after it, it wakes the waiter. A wake after the mark
+        for a command the look did see only makes for an early second pass, which finds nothing."""
         waiter = Wakeup()
+        if since is not None and self.woken_since(machine_id, since):
+            waiter.set()
         self._waiters[machine_id].add(waiter)
         try:
             yield waiter
@@ -167,7 +207,7 @@ class PgNotifier(Notifier):
                     await conn.execute(f"LISTEN {self.channel}")
                     self._listening.set()
                     delay = self.RETRY_MIN_SECONDS
-                    self.wake(set(self._waiters))  # whatever was published while we were not listening
+                    self.wake_all()  # whatever was published while we were not listening
                     async for notification in conn.notifies():
                         self._received(notification.payload)
                     # notifies() ends only when the connection is closed under it

@@ -4,15 +4,16 @@
 the endpoint, each wait kept FastAPI's and Starlette's per-request state alive with it (the request
 handler's exit stacks, the solved dependencies, the routers' frames): ~32 KiB a poll, where uvicorn's
 own connection costs ~10. So the endpoint (api/agent_routes/router.py) stays the one implementation of
-the poll: it authenticates, listens, takes the commands and answers at once when there are any or when
+the poll: it authenticates, takes the commands and answers at once when there are any or when
 `wait=0`. With none to give it leaves a `PollHold` (its listener and how long to wait) and returns;
 `HeldPolls`, an ASGI middleware just outside the router, swallows that provisional answer, lets every
 frame of the first pass go, and waits itself. Woken, it passes the request through the app again as a
 poll that does not wait (authenticated again, commands taken as any poll takes them); at the end of the
 wait, or when the agent hung up first, it answers `[]`.
 
-The listener is registered before the first pass looks for commands and released only after the wait,
-so a command committed in between still wakes the poll.
+The listener is registered after the first pass's look, since the look is what finds the machine, but
+with the notifier's wake count read before it (`Notifier.listen`'s `since`): a command committed after
+the look began has woken the listener already or will wake it. It is released only after the wait.
 """
 
 import asyncio

@@ -1,21 +1,34 @@
 """The agent's long-poll, the API's hottest path: 10,000 machines' agents each re-poll every 30 s.
 
-So it is built for the cost of one poll, in CPU as it arrives and in memory while it is held: Core
-statements built once (SQLAlchemy caches their compiled forms), a connection of its own for a
-statement or two and never across the wait, no session, no ORM object, and a write only when something
-changed. What it decides for a machine's liveness is what `service.mark_seen` decides for `hello`.
+So it is built for the cost of one poll, in CPU as it arrives and in memory while it is held: no
+session, no ORM object, no connection across the wait, and a write only when something changed. Its
+database work (the token's lookup, the machine seen, its runs' offline flag cleared, the pending
+commands read and marked delivered, the commit) is one unit: on SQLite one call on aiosqlite's thread,
+straight on sqlite3 (as the telemetry batch, `api/telemetry/ingest.py`: through SQLAlchemy's async
+layer each statement, checkout and return was a hand-off between threads and a greenlet); on
+PostgreSQL Core statements on one `AsyncConnection`. What it decides for a machine's liveness is what
+`service.mark_seen` decides for `hello`.
+
+The machine is known only once that unit has run, so its waiter cannot be registered before the look
+for commands. Instead the poll reads the notifier's wake counter before it (`Notifier.mark`) and
+registers its waiter with it (`Notifier.listen(..., since=mark)`): a wake of the machine after that
+value, a command committed after the look, wakes the waiter at once (api/notify.py).
 """
 
 import hmac
+import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import bindparam, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Column, Dialect, bindparam, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from api.agent_routes.service import (
     CLEAR_OFFLINE,
@@ -26,12 +39,15 @@ from api.agent_routes.service import (
 )
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
+from api.notify import Notifier
 from api.processes.lifecycle import UNTAKEN_COMMAND_STATES
 from api.security import bearer_digest, bearer_scheme, refuse_as_agent
 from shared.enums import CommandKind, CommandState
-from shared.protocol import Command
+from shared.protocol import MAX_POLL_WAIT_SECONDS, Command
 
 _UNTAKEN = [s.value for s in UNTAKEN_COMMAND_STATES]
+
+# PostgreSQL: Core statements, their compiled forms cached by SQLAlchemy.
 _MACHINE_SEEN = select(
     Machine.id,
     Machine.token_hmac,
@@ -57,63 +73,196 @@ _DELIVER = (
     )
 )
 
+# SQLite: the same statements for sqlite3 itself. Values go in as SQLAlchemy's column types store them
+# (`_processor`: a UUID as hex, a time as text) and come out through the same types.
+_IN_UNTAKEN = f"state IN ({', '.join(repr(state) for state in _UNTAKEN)})"
+_SQLITE_BY_TOKEN = (
+    "SELECT m.id, m.token_hmac, m.last_seen_at, EXISTS (SELECT 1 FROM runs r WHERE r.machine_id = m.id "
+    "AND r.agent_offline = 1) FROM machines m WHERE m.token_hmac = ?"
+)
+_SQLITE_MARK_SEEN = (
+    "UPDATE machines SET last_seen_at = ? WHERE id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)"
+)
+_SQLITE_CLEAR_OFFLINE = "UPDATE runs SET agent_offline = 0 WHERE machine_id = ? AND agent_offline = 1"
+_SQLITE_PENDING = (
+    "SELECT id, kind, run_id, created_at, payload FROM agent_commands "
+    f"WHERE machine_id = ? AND {_IN_UNTAKEN} ORDER BY id LIMIT {MAX_COMMANDS_PER_POLL}"
+)
+
+
+@cache
+def _sqlite_deliver(count: int) -> str:
+    return (
+        f"UPDATE agent_commands SET state = '{CommandState.DELIVERED.value}', delivered_at = ?, "
+        f"delivery_count = delivery_count + 1 WHERE id IN ({', '.join(['?'] * count)}) AND {_IN_UNTAKEN}"
+    )
+
 
 @dataclass(frozen=True, slots=True)
-class PollingAgent:
-    """The agent of a machine, as its token's lookup found it, with what its poll may have to write."""
+class Poll:
+    """A poll's pass: the machine whose agent polled and the commands it takes, and the notifier's wake
+    counter as it was before the look (`Notifier.mark`)."""
 
     machine_id: uuid.UUID
-    last_seen_at: datetime | None
-    runs_offline: bool
+    commands: list[Command]
+    mark: int
+
+
+def _wait_is_valid(request: Request) -> bool:
+    """Whether the endpoint will take the query's `wait` (`Query(ge=0, le=MAX_POLL_WAIT_SECONDS)`). The
+    poll authenticates before FastAPI validates the query, as any dependency: a poll it will refuse
+    with 422 (after a valid token) takes nothing."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return True
+    try:
+        return 0 <= float(raw) <= MAX_POLL_WAIT_SECONDS
+    except ValueError:
+        return False
 
 
 async def polling_agent(
     request: Request,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> PollingAgent:
-    """`CurrentAgent` for the poll, with the same answers (401, 403 `agent_token_required`): the token's
-    HMAC looked up at every poll (a revoked or rotated token is refused at once) and compared in
-    constant time, in one statement that also reads what `mark_seen` needs."""
+) -> Poll:
+    """The poll's database work, in one unit, with `CurrentAgent`'s answers (401, 403
+    `agent_token_required`): the token's HMAC looked up at every poll (a revoked or rotated token is
+    refused at once) and compared in constant time; then the machine seen, its runs' offline flag
+    cleared, every command not yet acknowledged delivered (at least once; the agent dedups by id),
+    committed; nothing written, nothing to commit."""
     digest = bearer_digest(request)
-    engine: AsyncEngine = request.app.state.engine
-    async with engine.connect() as connection:
-        row = (await connection.execute(_BY_TOKEN, {"digest": digest})).first()
+    app = request.app
+    engine: AsyncEngine = app.state.engine
+    notifier: Notifier = app.state.notifier
+    take = _wait_is_valid(request)
+    mark = notifier.mark()  # before the look: see `Notifier.listen`
+    if engine.dialect.name == "sqlite":
+        poll = await _on_sqlite(engine, digest, take, mark)
+    else:
+        async with engine.connect() as connection:
+            poll = await _on_connection(connection, digest, take, mark)
+    if poll is None:
+        await _refuse(app.state.sessionmaker, digest)
+    return poll
+
+
+PollingAgentDep = Annotated[Poll, Depends(polling_agent)]
+
+
+async def _refuse(sessionmaker: async_sessionmaker[AsyncSession], digest: str) -> NoReturn:
+    async with sessionmaker() as session:
+        await refuse_as_agent(session, digest)
+
+
+def _stale(last_seen_at: datetime | None, now: datetime) -> bool:
+    return last_seen_at is None or now - last_seen_at > SEEN_RESOLUTION
+
+
+async def _on_connection(connection: AsyncConnection, digest: str, take: bool, mark: int) -> Poll | None:
+    row = (await connection.execute(_BY_TOKEN, {"digest": digest})).first()
     if row is None or not row.token_hmac or not hmac.compare_digest(row.token_hmac, digest):
-        async with request.app.state.sessionmaker() as session:
-            await refuse_as_agent(session, digest)
-    return PollingAgent(row.id, row.last_seen_at, row.runs_offline)
-
-
-PollingAgentDep = Annotated[PollingAgent, Depends(polling_agent)]
-
-
-async def take_commands(engine: AsyncEngine, agent: PollingAgent) -> list[Command]:
-    """The machine seen, its runs' offline flag cleared, every command not yet
-    acknowledged delivered (at least once; the agent dedups by id). Committed here, the poll's one unit
-    of work; nothing written, nothing to commit."""
+        return None
+    if not take:
+        return Poll(row.id, [], mark)
+    machine = {"machine": row.id}
     now = utcnow()
-    machine = {"machine": agent.machine_id}
-    async with engine.connect() as connection:
-        wrote = False
-        if agent.last_seen_at is None or now - agent.last_seen_at > SEEN_RESOLUTION:
-            await connection.execute(MARK_SEEN, seen_parameters(agent.machine_id))
+    wrote = False
+    if _stale(row.last_seen_at, now):
+        await connection.execute(MARK_SEEN, seen_parameters(row.id))
+        wrote = True
+    if row.runs_offline:
+        await connection.execute(CLEAR_OFFLINE, machine)
+        wrote = True
+    rows = (await connection.execute(_PENDING, machine)).all()
+    if rows:
+        await connection.execute(_DELIVER, {"ids": [r.id for r in rows], "now": now})
+        wrote = True
+    if wrote:
+        await connection.commit()
+    return Poll(row.id, [_command(*r) for r in rows], mark)
+
+
+def _command(
+    command_id: uuid.UUID, kind: str, run_id: uuid.UUID, created_at: datetime, payload: dict[str, Any]
+) -> Command:
+    return Command(
+        id=command_id, kind=CommandKind(kind), run_id=run_id, created_at=created_at, payload=payload
+    )
+
+
+_Found = tuple[Any, list[tuple[Any, ...]]]  # the machine's id as stored, and the commands' rows
+
+
+def _sqlite_poll(
+    db: sqlite3.Connection, digest: str, take: bool, now: str, seen_before: str
+) -> _Found | None:
+    """The poll on sqlite3, on aiosqlite's thread: the token's machine, and when `take`, what the poll
+    writes, committed if it wrote anything, rolled back on any error. Times are stored as text that
+    sorts as they do (SQLAlchemy's format, which `MARK_SEEN`'s comparison relies on as well)."""
+    found = db.execute(_SQLITE_BY_TOKEN, (digest,)).fetchone()
+    if found is None or not found[1] or not hmac.compare_digest(found[1], digest):
+        return None
+    machine, _, last_seen_at, runs_offline = found
+    if not take:
+        return machine, []
+    wrote = False
+    try:
+        if last_seen_at is None or last_seen_at < seen_before:
+            db.execute(_SQLITE_MARK_SEEN, (now, machine, seen_before))
             wrote = True
-        if agent.runs_offline:
-            await connection.execute(CLEAR_OFFLINE, machine)
+        if runs_offline:
+            db.execute(_SQLITE_CLEAR_OFFLINE, (machine,))
             wrote = True
-        rows = (await connection.execute(_PENDING, machine)).all()
+        rows = db.execute(_SQLITE_PENDING, (machine,)).fetchall()
         if rows:
-            await connection.execute(_DELIVER, {"ids": [row.id for row in rows], "now": now})
+            db.execute(_sqlite_deliver(len(rows)), [now, *(row[0] for row in rows)])
             wrote = True
-        if wrote:
-            await connection.commit()
-    return [
-        Command(
-            id=row.id,
-            kind=CommandKind(row.kind),
-            run_id=row.run_id,
-            created_at=row.created_at,
-            payload=row.payload,
+    except BaseException:
+        db.rollback()
+        raise
+    if wrote:
+        db.commit()
+    return machine, rows
+
+
+@cache
+def _bind(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
+    """How `column` stores a value on `dialect`."""
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return (lambda value: value) if process is None else process
+
+
+@cache
+def _result(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
+    """How `column`'s stored value reads on `dialect`."""
+    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return (lambda value: value) if process is None else process
+
+
+async def _on_sqlite(engine: AsyncEngine, digest: str, take: bool, mark: int) -> Poll | None:
+    """`_sqlite_poll` as one call on aiosqlite's thread, the one that owns the connection, on a connection
+    of the engine's pool (returned after it, rolled back as the pool does)."""
+    dialect = engine.dialect
+    now = utcnow()
+    stored_time = _bind(dialect, Machine.__table__.c.last_seen_at)
+    now_stored, seen_before = stored_time(now), stored_time(now - SEEN_RESOLUTION)
+    connection = await engine.raw_connection()
+    try:
+        driver = connection.driver_connection
+        assert driver is not None
+        found: _Found | None = await driver._execute(
+            _sqlite_poll, driver._conn, digest, take, now_stored, seen_before
         )
+    finally:
+        await greenlet_spawn(connection.close)
+    if found is None:
+        return None
+    machine, rows = found
+    columns = AgentCommand.__table__.c
+    uuid_of, time_of = _result(dialect, columns.id), _result(dialect, columns.created_at)
+    payload_of = _result(dialect, columns.payload)
+    commands = [
+        _command(uuid_of(row[0]), row[1], uuid_of(row[2]), time_of(row[3]), payload_of(row[4]))
         for row in rows
     ]
+    return Poll(_result(dialect, Machine.__table__.c.id)(machine), commands, mark)

@@ -5,9 +5,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.agent_routes import poll, service
+from api.agent_routes import service
 from api.agent_routes.hold import HOLD_KEY, PollHold
 from api.agent_routes.poll import PollingAgentDep
 from api.db import SessionDep
@@ -54,18 +54,16 @@ async def poll_commands(
 ) -> list[Command] | Response:
     """Commands not yet acknowledged, oldest first; with none, held up to `wait` seconds for the first
     that arrives. Updates the machine's `last_seen`."""
-    # No session dependency, no ORM (api/agent_routes/poll.py), and the wait is not held here but by
-    # `HeldPolls` (api/agent_routes/hold.py), outside FastAPI's per-request state.
-    engine: AsyncEngine = request.app.state.engine
-    notifier: Notifier = request.app.state.notifier
+    # The poll's database work is done by its dependency, in one unit (api/agent_routes/poll.py); the
+    # wait is not held here but by `HeldPolls` (api/agent_routes/hold.py), outside FastAPI's
+    # per-request state.
     hold: PollHold = request.scope[HOLD_KEY]
-    if hold.after_wait:
-        return await poll.take_commands(engine, agent)
+    if agent.commands or wait == 0 or hold.after_wait:
+        return agent.commands
+    notifier: Notifier = request.app.state.notifier
     with contextlib.ExitStack() as listening:
-        woken = listening.enter_context(notifier.listen(agent.machine_id))  # listen first, then look
-        commands = await poll.take_commands(engine, agent)
-        if commands or wait == 0:
-            return commands
+        # Woken at once if a command committed after the look began (`Notifier.listen`).
+        woken = listening.enter_context(notifier.listen(agent.machine_id, since=agent.mark))
         hold.keep(listening.pop_all(), woken, wait)
     return Response(status_code=204)  # never sent: `HeldPolls` waits, then answers
 

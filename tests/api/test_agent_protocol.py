@@ -3,12 +3,18 @@ long-poll and its acknowledgements, and the walls between machines and between a
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from prometheus_client import REGISTRY
 
+from api.agent_routes import poll
+from api.agent_routes.poll import Poll
+from api.notify import Notifier
+from shared.protocol import Command
 from tests.api.world import (
     World,
     add_process,
@@ -376,3 +382,61 @@ async def test_user_and_agent_tokens_each_keep_to_their_routes(client: AsyncClie
     assert (found["status"], found["launched_at"]) == ("starting", None)
     process = ok(await client.get(world.process_path))
     assert (process["enabled"], process["run_count"]) == (True, 1)
+
+
+async def test_a_command_committed_after_the_look_but_before_the_wait_wakes_the_poll(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll's first pass looks for commands before its waiter can be registered (the machine is
+    known only from the look): a command committed in between wakes it all the same. Driven, not
+    timed: the start is committed right after the first pass's look has found nothing."""
+    world = await make_world(client)
+    looks: list[list[Command]] = []
+
+    def committing_after(
+        look: Callable[..., Awaitable[Poll | None]],
+    ) -> Callable[..., Awaitable[Poll | None]]:
+        async def then_commit(*args: Any) -> Poll | None:
+            found = await look(*args)
+            assert found is not None
+            looks.append(found.commands)
+            if len(looks) == 1:  # the first pass only: its look is done, its waiter not yet registered
+                await start_run(client, world)
+                assert app.state.notifier.waiting == 0
+            return found
+
+        return then_commit
+
+    monkeypatch.setattr(poll, "_on_sqlite", committing_after(poll._on_sqlite))
+    monkeypatch.setattr(poll, "_on_connection", committing_after(poll._on_connection))
+    async with agent_client(app, world.agent_token) as agent:
+        # Were the command missed, the poll would answer [] when its wait ends.
+        commands = ok(await agent.get("/commands", params={"wait": 10}))
+    assert [c["kind"] for c in commands] == ["start_run"]
+    assert looks[0] == []  # the first pass found nothing: the wake-up brought the second
+    assert app.state.notifier.waiting == 0
+
+
+async def test_the_notifier_tells_a_look_whether_its_machine_was_woken_since() -> None:
+    notifier = Notifier()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    before = notifier.mark()
+    notifier.wake({a})
+    assert notifier.woken_since(a, before) and not notifier.woken_since(b, before)
+    after = notifier.mark()
+    assert not notifier.woken_since(a, after)
+    with notifier.listen(a, since=before) as woken:
+        assert woken.is_set()
+    with notifier.listen(a, since=after) as woken:
+        assert not woken.is_set()
+    # Ids beyond what it remembers are forgotten: a look from before is taken as woken.
+    for _ in range(Notifier.REMEMBERED + 1):
+        notifier.wake({uuid.uuid4()})
+    assert notifier.woken_since(b, after)
+    # Everything woken (PgNotifier's reconnect): every look under way, for any machine.
+    now = notifier.mark()
+    with notifier.listen(b) as waiting:
+        notifier.wake_all()
+        assert waiting.is_set()
+    assert notifier.woken_since(uuid.uuid4(), now)
+    assert not notifier.woken_since(b, notifier.mark())
