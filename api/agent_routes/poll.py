@@ -18,7 +18,6 @@ value, a command committed after the look, wakes the waiter at once (api/notify.
 import hmac
 import sqlite3
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -26,9 +25,8 @@ from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import Column, Dialect, bindparam, exists, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.util import greenlet_spawn
 
 from api.agent_routes.service import (
     CLEAR_OFFLINE,
@@ -37,6 +35,7 @@ from api.agent_routes.service import (
     SEEN_RESOLUTION,
     seen_parameters,
 )
+from api.db import committed, on_sqlite_thread, read_back, stored
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
 from api.notify import Notifier
@@ -205,38 +204,19 @@ def _sqlite_poll(
     machine, _, last_seen_at, runs_offline = found
     if not take:
         return machine, []
-    wrote = False
-    try:
+
+    def writes() -> list[tuple[Any, ...]]:
         if last_seen_at is None or last_seen_at < seen_before:
             db.execute(_SQLITE_MARK_SEEN, (now, machine, seen_before))
-            wrote = True
         if runs_offline:
             db.execute(_SQLITE_CLEAR_OFFLINE, (machine,))
-            wrote = True
         rows = db.execute(_SQLITE_PENDING, (machine,)).fetchall()
         if rows:
             db.execute(_sqlite_deliver(len(rows)), [now, *(row[0] for row in rows)])
-            wrote = True
-    except BaseException:
-        db.rollback()
-        raise
-    if wrote:
-        db.commit()
+        return rows
+
+    rows = committed(db, writes)  # nothing written: the commit is a no-op
     return machine, rows
-
-
-@cache
-def _bind(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
-    """How `column` stores a value on `dialect`."""
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return (lambda value: value) if process is None else process
-
-
-@cache
-def _result(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
-    """How `column`'s stored value reads on `dialect`."""
-    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-    return (lambda value: value) if process is None else process
 
 
 async def _on_sqlite(engine: AsyncEngine, digest: str, take: bool, mark: int) -> Poll | None:
@@ -244,25 +224,19 @@ async def _on_sqlite(engine: AsyncEngine, digest: str, take: bool, mark: int) ->
     of the engine's pool (returned after it, rolled back as the pool does)."""
     dialect = engine.dialect
     now = utcnow()
-    stored_time = _bind(dialect, Machine.__table__.c.last_seen_at)
+    stored_time = stored(dialect, Machine.__table__.c.last_seen_at)
     now_stored, seen_before = stored_time(now), stored_time(now - SEEN_RESOLUTION)
-    connection = await engine.raw_connection()
-    try:
-        driver = connection.driver_connection
-        assert driver is not None
-        found: _Found | None = await driver._execute(
-            _sqlite_poll, driver._conn, digest, take, now_stored, seen_before
-        )
-    finally:
-        await greenlet_spawn(connection.close)
+    found: _Found | None = await on_sqlite_thread(
+        engine, lambda db: _sqlite_poll(db, digest, take, now_stored, seen_before)
+    )
     if found is None:
         return None
     machine, rows = found
     columns = AgentCommand.__table__.c
-    uuid_of, time_of = _result(dialect, columns.id), _result(dialect, columns.created_at)
-    payload_of = _result(dialect, columns.payload)
+    uuid_of, time_of = read_back(dialect, columns.id), read_back(dialect, columns.created_at)
+    payload_of = read_back(dialect, columns.payload)
     commands = [
         _command(uuid_of(row[0]), row[1], uuid_of(row[2]), time_of(row[3]), payload_of(row[4]))
         for row in rows
     ]
-    return Poll(_result(dialect, Machine.__table__.c.id)(machine), commands, mark)
+    return Poll(read_back(dialect, Machine.__table__.c.id)(machine), commands, mark)
