@@ -142,15 +142,36 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read(path: Path, start: int, limit: int) -> bytes:
-    """Up to `limit` bytes of `path` from `start`, cut after the last whole line."""
+def _read(path: Path, start: int, limit: int, *, spool: bool = False) -> bytes:
+    """Up to `limit` bytes of `path` from `start`, cut after the last whole line (in the spool, of
+    those before its first NUL: `report()` writes into a mapping of zeros, docs/telemetry.md)."""
     try:
         with open(path, "rb") as file:
             file.seek(start)
             data = file.read(limit)
     except FileNotFoundError:
         return b""
+    if spool and (end := data.find(b"\0")) >= 0:
+        data = data[:end]
     return data[: data.rfind(b"\n") + 1]
+
+
+def spool_end(path: Path) -> int:
+    """Where the lines of a spool end: its first NUL byte, found by bisection (the lines hold none, the
+    zeros ahead of them are contiguous), or its size."""
+    try:
+        with open(path, "rb") as file:
+            low, high = 0, os.fstat(file.fileno()).st_size
+            while low < high:  # the answer lies in [low, high]
+                middle = (low + high) // 2
+                file.seek(middle)
+                if file.read(1) == b"\0":
+                    high = middle
+                else:
+                    low = middle + 1
+            return low
+    except FileNotFoundError:
+        return 0
 
 
 class RunTelemetry:
@@ -189,7 +210,7 @@ class RunTelemetry:
             ("stderr", BATCH_LOG_BYTES),
         ):
             start = state.offsets[name]
-            data = _read(self.paths[name], start, limit)
+            data = _read(self.paths[name], start, limit, spool=name == "spool")
             if name == "spool":
                 data = data[: _points_cut(data)]
             if data:
@@ -290,7 +311,8 @@ class RunTelemetry:
         acked = self.state.pending[0].ranges if self.state.pending else {}
         for name, path in self.paths.items():
             with contextlib.suppress(FileNotFoundError):
-                total += max(0, path.stat().st_size - acked.get(name, [self.state.offsets[name]])[0])
+                end = spool_end(path) if name == "spool" else path.stat().st_size
+                total += max(0, end - acked.get(name, [self.state.offsets[name]])[0])
         return total
 
 
@@ -300,6 +322,17 @@ def _read_range(path: Path, span: list[int] | None) -> bytes:
     with open(path, "rb") as file:
         file.seek(span[0])
         return file.read(span[1] - span[0])
+
+
+def read_spool(path: Path) -> list[dict[str, Any]]:
+    """Every record of a spool, in order (its lines before the first NUL; a line that is not a JSON
+    object skipped, as when shipping)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    end = data.find(b"\0")
+    return _records(data if end < 0 else data[:end])
 
 
 def _records(data: bytes) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.runtime import trainyard
+from agent.telemetry import read_spool, spool_end
 
 RUNTIME = Path(__file__).resolve().parents[2] / "agent" / "runtime"
 RUNNER = RUNTIME / "runner.py"
@@ -32,8 +33,7 @@ class Run:
 
     @property
     def spool(self) -> list[dict[str, Any]]:
-        path = self.folder / "spool.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_spool(self.folder / "spool.jsonl")
 
     def wait(self) -> int:
         return self.process.wait(timeout=60)
@@ -132,8 +132,9 @@ def test_report_under_torchrun_records_on_rank_zero_only(
     trainyard.report(epoch=1, loss=0.5)
     assert not spool.exists()
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))  # RANK is read when the spool is chosen
     trainyard.report(epoch=1, loss=0.5)
-    assert [json.loads(line)["series"] for line in spool.read_text().splitlines()] == [{"loss": 0.5}]
+    assert [record["series"] for record in read_spool(spool)] == [{"loss": 0.5}]
 
 
 def test_report_keeps_finite_numbers_and_never_raises(
@@ -151,7 +152,7 @@ def test_report_keeps_finite_numbers_and_never_raises(
         long_name: 2.5,
     }
     trainyard.report(epoch=2, total_epochs=float("nan"), step=7, total_steps=10, stage="training", **series)
-    [record] = [json.loads(line) for line in spool.read_text().splitlines()]
+    [record] = read_spool(spool)
     assert record["series"] == {"loss": 1.0, "x" * 128: 2.5}
     assert (record["epoch"], record["total_epochs"], record["step"], record["total_steps"]) == (
         2,
@@ -180,10 +181,81 @@ def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         thread.start()
     for thread in threads:
         thread.join()
-    records = [json.loads(line) for line in spool.read_text().splitlines()]
+    records = read_spool(spool)
+    # Every line whole: no store lost or torn by another thread's (the seq is taken before the line
+    # is stored, so threads may store theirs out of seq order).
     assert len(records) == 800
-    sequences = [record["seq"] for record in records]
-    assert len(set(sequences)) == 800 and sequences == sorted(sequences)
+    assert len({record["seq"] for record in records}) == 800
+    assert sorted(record["step"] for record in records) == sorted(list(range(200)) * 4)
+
+
+def reporting_process(spool: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by a Python process of its own, `report` imported, the spool in its environment."""
+    environment = {k: v for k, v in os.environ.items() if k != "RANK"} | {"TRAINYARD_SPOOL": str(spool)}
+    code = f"import os, signal, sys\nsys.path.insert(0, {str(RUNTIME)!r})\nfrom trainyard import report\n"
+    return subprocess.run(
+        [sys.executable, "-c", code + textwrap.dedent(script)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_reports_survive_a_sigkill_and_the_next_writer_continues_after_them(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    killed = reporting_process(
+        spool,
+        """
+        for step in range(100):
+            report(step=step, total_steps=100, loss=1.0 / (step + 1))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    data = spool.read_bytes()
+    # The spool is still the size it was extended to: the lines, then zeros that no reader takes.
+    assert data.endswith(b"\0") and spool_end(spool) == data.index(b"\0")
+    assert [record["step"] for record in read_spool(spool)] == list(range(100))
+
+    after = reporting_process(spool, "report(stage='saving')")
+    assert after.returncode == 0, after.stderr
+    records = read_spool(spool)
+    assert [record["step"] for record in records[:100]] == list(range(100))
+    assert records[100]["stage"] == "saving" and len(records) == 101
+    assert b"\0" not in spool.read_bytes()  # cut back to its lines at a clean exit
+
+
+def test_the_spool_grows_past_its_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setattr(trainyard, "GROWTH", 4096)
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
+    monkeypatch.delenv("RANK", raising=False)
+    for step in range(300):  # about 30,000 bytes: seven extensions of 4,096
+        trainyard.report(step=step, total_steps=300, loss=step / 7, **{f"s{step % 5}": float(step)})
+    records = read_spool(spool)
+    assert [record["step"] for record in records] == list(range(300))
+    assert [record["series"]["loss"] for record in records] == [step / 7 for step in range(300)]
+    assert spool.stat().st_size < spool_end(spool) + 2 * 4096
+
+
+def test_one_process_writes_a_spool_and_another_says_it_does_not(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    done = reporting_process(
+        spool,
+        """
+        report(step=1, loss=1.0)
+        child = os.fork()
+        if child == 0:  # a DataLoader worker, say: it shares the parent's mapping but must not use it
+            report(step=2, loss=2.0)
+            os._exit(0)
+        os.waitpid(child, 0)
+        report(step=3, loss=3.0)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [record["step"] for record in read_spool(spool)] == [1, 3]
+    assert "another process of this run records into its spool: this one does not" in done.stderr
 
 
 # -- the runner: pipelines and outcomes -------------------------------------------------------------

@@ -3,7 +3,6 @@ and restarted mid-shipping, the shipper SIGKILLed and restarted. Every point the
 every line it printed must be stored once, in order."""
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from agent.client import ApiClient
-from agent.telemetry import RunTelemetry, Tracker
+from agent.telemetry import RunTelemetry, Tracker, _read, read_spool, spool_end
 from tests.agent.shipper_process import folder_of, settings
 from tests.agent.test_runtime import RUNNER
 from tests.api.test_cli import COMMAND, Server, _env, _free_port, trainyard_api
@@ -106,8 +105,7 @@ def start_package(root: Path, steps: int) -> subprocess.Popen[bytes]:
 
 def reported(root: Path) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
-    for line in (root / "spool.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_spool(root / "spool.jsonl"):
         for name, value in record["series"].items():
             series.setdefault(name, []).append((record["step"], value))
     return series
@@ -225,3 +223,19 @@ def test_progress_from_epochs_alone_gives_a_smoothed_eta() -> None:
     assert tracker.eta() == pytest.approx(160.0)  # 10 s an epoch, 16 epochs to go
     tracker.observe({"t": 1070.0, "epoch": 5, "total_epochs": 20}, started_at=1000.0)  # a slow epoch
     assert 160.0 * 15 / 16 < tracker.eta() < 30 * 15  # moved towards the new pace, not to it
+
+
+def test_the_reader_stops_at_the_first_nul_of_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    whole = b'{"t":1.0,"seq":1,"step":1,"series":{"loss":0.5}}\n'
+    # A line being stored (its first bytes visible, the rest still zeros), then the mapping's zeros.
+    spool.write_bytes(whole + b'{"t":2.0,"seq":2,"st' + b"\0" * 4096)
+    assert spool_end(spool) == len(whole) + 20
+    assert _read(spool, 0, 1 << 20, spool=True) == whole
+    assert [record["seq"] for record in read_spool(spool)] == [1]
+    # A spool an older trainyard wrote with write(2), without zeros, and a log, which may hold NULs.
+    spool.write_bytes(whole * 3)
+    assert spool_end(spool) == 3 * len(whole) and _read(spool, 0, 1 << 20, spool=True) == whole * 3
+    log = tmp_path / "stdout.log"
+    log.write_bytes(b"a\0b\n")
+    assert _read(log, 0, 1 << 20) == b"a\0b\n"

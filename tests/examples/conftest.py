@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from agent.telemetry import read_spool
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PACKAGES = EXAMPLES / "packages"
@@ -45,8 +47,7 @@ class PackageRun:
 
     @property
     def spool(self) -> list[dict[str, Any]]:
-        path = self.folder.parent / "spool.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_spool(self.folder.parent / "spool.jsonl")
 
     @property
     def epochs(self) -> list[dict[str, Any]]:

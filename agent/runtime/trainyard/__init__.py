@@ -2,35 +2,48 @@
 
 Standard library only. Outside a run (no `TRAINYARD_SPOOL` in the environment) `report()` does
 nothing; inside, it appends one JSON line to the run's spool file, which the agent tails. It costs
-microseconds, never blocks on anything but a local file append and never raises into training.
-Under torchrun only rank 0 records.
+microseconds, never blocks and never raises into training. Under torchrun only rank 0 records.
+
+The spool is written through a shared mapping of the file (docs/telemetry.md): a line is stored into
+the page cache with a `memcpy`, no system call, so it is in the file, for the agent to read and safe
+from a SIGKILL of this process, when `report()` returns, as with a `write(2)`, at a fraction of the
+cost. The file is extended ahead of the lines, in blocks allocated on disk before they are mapped (a
+full disk is an error then, never a SIGBUS at a store); the lines end at the first NUL byte, and the
+file is cut back to its lines when the process exits. One process writes a spool (an exclusive
+`flock` while it holds it): another that reports into it (a forked child, a subprocess) records
+nothing while the first lives, and says so once on stderr.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import itertools
 import json
 import math
+import mmap
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__", "report"]
 
 SPOOL_ENV = "TRAINYARD_SPOOL"
 MAX_NAME = 128
+GROWTH = 4 * 1024 * 1024  # the spool is extended this much at a time: about 25,000 reports
 
-_lock = threading.Lock()
-_fd: int | None = None
-_fd_path: object = None  # the value of TRAINYARD_SPOOL the descriptor was opened for
-_seq = 0
+_lock = threading.Lock()  # opening, growing and closing; never taken by a report that fits
+_seq = itertools.count(1)  # next() is one call in C: atomic under the GIL
 _time_ns = time.time_ns
 # The environment as CPython keeps it behind `os.environ` (encoded names and values): a lookup there
 # is one dict lookup in C, where `os.environ.get` runs Python code (and raises and catches inside for
-# a name that is not set). In a training loop that leaves the caches cold, the two lookups cost 10 us
-# of a 36 us call. They are still made at every call: a change of the environment is seen at once.
+# a name that is not set). `TRAINYARD_SPOOL` is looked up at every call and compared by identity with
+# the value the open spool was chosen for, so a change is seen at once; `RANK` (a torchrun worker's
+# is fixed for its life) is read when the spool is chosen.
 _environ: Mapping[Any, Any] = os.environ
 _encode: Callable[[str], Any] = str
 if isinstance(getattr(os.environ, "_data", None), dict) and callable(getattr(os.environ, "encodekey", None)):
@@ -38,12 +51,129 @@ if isinstance(getattr(os.environ, "_data", None), dict) and callable(getattr(os.
 _SPOOL_KEY = _encode(SPOOL_ENV)
 _RANK_KEY = _encode("RANK")
 _RANK_ZERO = (_encode(""), _encode("0"))
+_UNSET = object()  # an environment value no lookup returns: the next report chooses again
+
+
+class _Spool:
+    """What this process writes to: the spool chosen for a value of TRAINYARD_SPOOL, or nothing."""
+
+    __slots__ = ("fd", "map", "path")
+
+    def __init__(self, path: object, mapping: mmap.mmap | None = None, fd: int = -1) -> None:
+        self.path, self.map, self.fd = path, mapping, fd
+
+
+_out = _Spool(None)  # outside a run: no TRAINYARD_SPOOL
+_warned: set[object] = set()
+
+
+def _switch() -> _Spool:
+    """The spool for the environment as it is now: the open one kept, closed or another opened."""
+    global _out
+    with _lock:
+        path, rank = _environ.get(_SPOOL_KEY), _environ.get(_RANK_KEY)
+        old = _out
+        if path is old.path:
+            return old  # another thread chose it
+        records = bool(path) and (rank is None or rank.strip() in _RANK_ZERO)
+        if records and old.map is not None and path == old.path:
+            _out = _Spool(path, old.map, old.fd)  # the same file under a new value: kept
+            return _out
+        _close(old)
+        mapping, fd = _open(path) if records else (None, -1)
+        _out = _Spool(path, mapping, fd)
+        return _out
+
+
+def _open(path: Any) -> tuple[mmap.mmap | None, int]:
+    """The spool mapped for writing from the end of its lines, or nothing (why is said on stderr)."""
+    fd = -1
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(path, "another process of this run records into its spool: this one does not")
+            os.close(fd)
+            return None, -1
+        size = os.fstat(fd).st_size
+        os.posix_fallocate(fd, size, GROWTH)
+        mapping = mmap.mmap(fd, size + GROWTH)
+        # The lines end at the first NUL: a spool of an earlier process (one killed, or one that wrote
+        # before this one) is continued after its last byte.
+        end = mapping.find(b"\0")
+        mapping.seek(end if end >= 0 else size + GROWTH)
+        return mapping, fd
+    except Exception as error:
+        _say(path, f"its spool cannot be written ({error}): reports are dropped")
+        if fd >= 0:
+            os.close(fd)
+        return None, -1
+
+
+def _say(path: object, message: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        print(f"trainyard: process {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+def _store(out: _Spool, line: bytes) -> None:
+    """A line that did not fit: the spool extended, then the line stored (or dropped: disk full)."""
+    with _lock:
+        mapping = out.map
+        if mapping is None or mapping.closed:
+            return  # the spool was closed by another thread: the environment changed
+        try:
+            mapping.write(line)
+            return  # another thread extended it
+        except ValueError:
+            pass
+        size = len(mapping)
+        try:
+            os.posix_fallocate(out.fd, size, max(GROWTH, len(line)))
+            mapping.resize(size + max(GROWTH, len(line)))
+        except Exception as error:
+            _say(out.path, f"its spool cannot grow ({error}): reports are dropped until it can")
+            return
+        mapping.write(line)
+
+
+def _close(out: _Spool) -> None:
+    """Stop writing `out`'s spool and cut the file back to its lines."""
+    mapping, fd = out.map, out.fd
+    out.map, out.fd = None, -1
+    if mapping is None:
+        return
+    try:
+        hint = mapping.tell()
+        mapping.seek(len(mapping))  # a store another thread is about to make fails now (ValueError)
+        end = mapping.find(b"\0", hint)
+        mapping.close()
+        os.ftruncate(fd, end if end >= 0 else hint)
+    except Exception:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _at_exit() -> None:
+    with _lock:
+        _close(_out)
+
+
+atexit.register(_at_exit)
 
 
 def _after_fork_in_child() -> None:
-    # A lock held by another thread at fork() would never be released in the child.
-    global _lock
+    # The child shares the parent's mapping and lock; it lets go of both (closing its copies leaves
+    # the parent's untouched) and chooses again at its first report. A lock held by another thread at
+    # fork() would never be released in the child: a new one.
+    global _lock, _out
     _lock = threading.Lock()
+    out, _out = _out, _Spool(_UNSET)
+    if out.map is not None:
+        out.map.close()
+        os.close(out.fd)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -90,9 +220,11 @@ def _known(name: object) -> tuple[str, object, str, bool]:
 
 
 # A loop reports the same few names again and again, often with the same float object (a constant, a
-# learning rate a scheduler holds): per name, its JSON, the float last written, its text, and whether
-# it is kept here. A float's repr (its shortest round-trip digits) is the dearest part of the line, some
-# 5 us in a loop that leaves the caches cold; the same object again is written from its text.
+# learning rate the optimiser holds): per name, its JSON, the first float written under it, that
+# float's text, and whether the name is kept here. A float's repr (its shortest round-trip digits) is
+# the dearest part of the line, some 9 us in a loop that leaves the caches cold; the same object again
+# is written from its text. Only the first is kept: a value that changes at every call (a loss) would
+# pay a store at every call for nothing.
 _NOTHING = object()
 _names: dict[object, tuple[str, object, str, bool]] = {}
 _NO_COUNTS = '"epoch":null,"total_epochs":null,"step":null,"total_steps":null,'
@@ -107,13 +239,11 @@ def report(
     **series: float,
 ) -> None:
     """Record progress (`epoch`/`step` of their totals, `stage`) and any named series (`loss=0.3`)."""
-    global _fd, _fd_path, _seq
     try:
-        path = _environ.get(_SPOOL_KEY)
-        if not path:
-            return
-        rank = _environ.get(_RANK_KEY)
-        if rank is not None and rank.strip() not in _RANK_ZERO:
+        out = _out
+        if _environ.get(_SPOOL_KEY) is not out.path:
+            out = _switch()
+        if out.map is None:
             return
         # JSON written by hand, in as few steps as will do: in a loop that leaves the caches cold each
         # step costs several times what it costs warm (json.dumps of the record cost as much as the rest).
@@ -129,7 +259,7 @@ def report(
                 if number is None:
                     continue
             text = f"{known[0]}:{number!r}"
-            if type(value) is float and known[3]:
+            if known[1] is _NOTHING and known[3] and type(value) is float:
                 _names[name] = (known[0], value, text, True)  # one store: never half an update
             values.append(text)
         if epoch is None and total_epochs is None and type(step) is int and type(total_steps) is int:
@@ -139,19 +269,15 @@ def report(
         else:
             counts = _counts(epoch, total_epochs, step, total_steps)
         named = "null" if stage is None else json.dumps(str(stage)[:MAX_NAME])
-        tail = f'{counts}"stage":{named},"series":{{{",".join(values)}}}}}\n'
-        # The time as seconds with 6 decimals, from integers: not a float's repr.
-        now = _time_ns() // 1000
-        with _lock:
-            fd = _fd
-            if fd is None or path is not _fd_path:
-                if fd is not None:
-                    _fd = None
-                    os.close(fd)
-                fd = _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                _fd_path = path
-            _seq += 1
-            line = f'{{"t":{now // 1_000_000}.{now % 1_000_000:06d},"seq":{_seq},{tail}'
-            os.write(fd, line.encode())  # one append: a whole line
+        # The time in integer nanoseconds with an exponent (a JSON number: the reader gets the float
+        # seconds): the cheapest exact text of it, a float's repr or a division costs several times more.
+        line = (
+            f'{{"t":{_time_ns()}e-9,"seq":{next(_seq)},{counts}"stage":{named},'
+            f'"series":{{{",".join(values)}}}}}\n'
+        ).encode()
+        try:
+            out.map.write(line)  # a memcpy at the mapping's position, which it moves: atomic under the GIL
+        except ValueError:  # it does not fit (or the spool was closed meanwhile)
+            _store(out, line)
     except Exception:
         return
