@@ -1,7 +1,7 @@
 """Telemetry: ingestion against raw executemany, the chart read of a 1,000,000-point run, the cost of
 `report()`, and the slowdown of a real torch loop that reports every step. One run, one table.
 
-    .venv/bin/python bench/telemetry.py            # 1,000,000 points, 10^6 report() calls, 21 loop pairs
+    .venv/bin/python bench/telemetry.py            # 1,000,000 points, 10^6 report() calls, 3,000 loop rounds
     .venv/bin/python bench/telemetry.py --quick    # small sizes, for CI: it must keep working
     .venv/bin/python bench/telemetry.py --no-postgres --batch 50000
 
@@ -12,9 +12,11 @@ agent token. The limit beside it: `executemany` of the same rows, one batch a tr
 same `metric_points` table (same indexes, same pragmas) of the same PostgreSQL database, or of a copy
 of the API's SQLite file (`Raw`), each batch right after the API's.
 
-Torch: a real training loop (an MLP on the CPU, one thread, pinned to one core) that calls
-`report()` at every step, in pairs of runs with and without reporting, the order alternating; the
-slowdown is the median of the pairs' ratios.
+Torch: a real training loop (an MLP on the CPU, one thread, pinned to one core), in three arms: one
+that never reads the loss, PyTorch's tutorial loop (`running_loss += loss.item()` at every step) and
+that loop with `report()` at every step; blocks of each arm side by side, the order rotating, each
+block a step not timed (so that the timed one starts from what its own arm leaves behind) and a step
+timed; the slowdown is the median of the rounds' ratios, by CPU and by wall-clock time.
 """
 
 import argparse
@@ -293,57 +295,78 @@ torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
 optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
-clock = time.perf_counter
-def run(reporting, steps):
-    gc.collect()
-    inside = 0.0  # time spent in report() itself (two clock reads: 0.1 us)
-    started = clock()
-    for step in range(steps):
+wall, cpu = time.perf_counter, time.process_time
+def run(arm, steps):
+    # "bare" never reads the loss; "plain" is PyTorch's tutorial loop (running_loss += loss.item());
+    # "reported" is that loop with report() at every step. A first step, not timed, makes what the
+    # timed ones start from the arm's own: a report() leaves the caches colder for the step after it,
+    # which the timed steps of "reported" pay and those of the others do not.
+    inside = running = 0.0
+    for step in range(-1, steps):
+        if step == 0:
+            started, started_cpu, inside = wall(), cpu(), 0.0
         optimiser.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimiser.step()
-        if reporting:
-            at = clock()
-            report(step=step, total_steps=steps, loss=loss.item(), learning_rate=0.01)
-            inside += clock() - at
-    return (clock() - started) / steps, inside / steps
+        if arm == "bare":
+            continue
+        value = loss.item()
+        running += value
+        if arm == "reported":
+            at = wall()
+            report(step=step, total_steps=steps, loss=value, learning_rate=0.01)
+            inside += wall() - at  # two clock reads: 0.1 us
+    return (wall() - started) / steps, (cpu() - started_cpu) / steps, inside / steps
 os.environ["TRAINYARD_SPOOL"] = {spool!r}
-run(False, 100); run(True, 100)  # warm: torch's allocator, report()'s descriptor and name cache
-plain, reported, inside, ratios = [], [], [], []
-for pair in range({pairs}):
-    # Back to back, the order alternating: a drift of the machine hits both runs of a pair alike.
-    if pair % 2:
-        (r, i), (p, _) = run(True, {steps}), run(False, {steps})
-    else:
-        (p, _), (r, i) = run(False, {steps}), run(True, {steps})
-    plain.append(p); reported.append(r); inside.append(i); ratios.append(r / p)
-q1, _, q3 = statistics.quantiles(ratios, n=4)
+for arm in ("bare", "plain", "reported"):
+    run(arm, 100)  # warm: torch's allocator, report()'s spool and name cache
+gc.collect()
+gc.disable()  # no collection lands in one arm's block and not in another's
+arms = ("bare", "plain", "reported")
+times = {{arm: [] for arm in arms}}
+inside = []
+for round in range({pairs}):
+    # Short blocks back to back, the order rotating: the machine's speed drifts (a step's time moves
+    # by 20 % over seconds here, each step's much like the one before it), and blocks a few steps
+    # long, side by side, see the same speed. The median of thousands of such ratios is steady.
+    for arm in arms[round % 3:] + arms[:round % 3]:
+        w, c, i = run(arm, {steps})
+        times[arm].append((w, c))
+        if arm == "reported":
+            inside.append(i)
 median = statistics.median
-print(median(plain), median(reported), median(inside), median(ratios), q1, q3)
+def ratios(kind, base):
+    values = [r[kind] / b[kind] for r, b in zip(times["reported"], times[base])]
+    q1, mid, q3 = statistics.quantiles(values, n=4)
+    return median(values), q1, q3
+out = [median(w for w, _ in times["plain"]), median(w for w, _ in times["reported"]), median(inside)]
+for kind in (1, 0):  # CPU time, then wall-clock time
+    for base in ("plain", "bare"):
+        out += ratios(kind, base)
+print(*out)
 """
 
 
-def torch_slowdown(pairs: int, steps: int, workdir: Path) -> dict[str, float] | None:
-    """ms a step without and with `report()`, the time spent inside `report()`, and the slowdown in %
-    (median and quartiles of the pairs' ratios)."""
+def torch_slowdown(rounds: int, steps: int, workdir: Path) -> dict[str, float] | None:
+    """ms a step without and with `report()`, the time spent inside `report()`, and the slowdowns in %
+    (median and quartiles of the rounds' ratios, by CPU and by wall-clock time, against the tutorial
+    loop and against a loop that never reads the loss)."""
     cpu = max(os.sched_getaffinity(0))
     code = TORCH_LOOP.format(
-        runtime=str(RUNTIME), spool=str(workdir / "torch-spool.jsonl"), pairs=pairs, steps=steps, cpu=cpu
+        runtime=str(RUNTIME), spool=str(workdir / "torch-spool.jsonl"), pairs=rounds, steps=steps, cpu=cpu
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         print(f"torch loop skipped: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    plain, reported, inside, ratio, q1, q3 = map(float, done.stdout.split())
-    return {
-        "plain_ms": plain * 1e3,
-        "reported_ms": reported * 1e3,
-        "inside_us": inside * 1e6,
-        "slowdown": (ratio - 1) * 100,
-        "q1": (q1 - 1) * 100,
-        "q3": (q3 - 1) * 100,
-    }
+    numbers = [float(word) for word in done.stdout.split()]
+    result = {"plain_ms": numbers[0] * 1e3, "reported_ms": numbers[1] * 1e3, "inside_us": numbers[2] * 1e6}
+    for index, name in enumerate(("cpu_plain", "cpu_bare", "wall_plain", "wall_bare")):
+        ratio, q1, q3 = numbers[3 + 3 * index : 6 + 3 * index]
+        result[name] = (ratio - 1) * 100
+        result[name + "_q1"], result[name + "_q3"] = (q1 - 1) * 100, (q3 - 1) * 100
+    return result
 
 
 def main() -> None:
@@ -356,15 +379,20 @@ def main() -> None:
         "--batch", type=int, action="append", help=f"points a batch (repeatable; default {BATCHES})"
     )
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-ingest", action="store_true", help="report() and the torch loop only")
     args = parser.parse_args()
     points, reads, calls, pairs, steps = (
-        (100_000, 3, 100_000, 3, 30) if args.quick else (1_000_000, 9, 1_000_000, 21, 300)
+        (100_000, 3, 100_000, 30, 1) if args.quick else (1_000_000, 9, 1_000_000, 3000, 1)
     )
     sizes = args.batch or list(BATCHES)
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as scratch:
         workdir = Path(scratch)
         kinds = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
-        rows = [database(workdir, kind, points, reads, size) for kind in kinds for size in sizes]
+        rows = (
+            []
+            if args.no_ingest
+            else [database(workdir, kind, points, reads, size) for kind in kinds for size in sizes]
+        )
         p50 = report_p50_us(calls, workdir)
         loop = None if args.no_torch else torch_slowdown(pairs, steps, workdir)
     read = f"read of {points:,} points to 2,000 a series (ms, median of {reads})"
@@ -378,12 +406,21 @@ def main() -> None:
     print(f"\n`report()` p50 over {calls:,} calls: {p50:.2f} us")
     if loop is not None:
         print(
-            f"torch loop, {pairs} pairs of runs of {steps} steps (one thread, one core): "
+            f"torch loop, {pairs:,} rounds of blocks of {steps} timed step(s) (one thread, one core): "
             f"{loop['plain_ms']:.3f} ms a step without reporting, {loop['reported_ms']:.3f} ms with "
-            f"({loop['inside_us']:.1f} us of it inside report()); "
-            f"slowdown, median of the pairs' ratios: {loop['slowdown']:+.2f} % "
-            f"(quartiles {loop['q1']:+.2f} % to {loop['q3']:+.2f} %)"
+            f"({loop['inside_us']:.1f} us of it inside report())"
         )
+        for kind, base, words in (
+            ("cpu", "plain", "CPU time, against the tutorial loop (running_loss += loss.item())"),
+            ("cpu", "bare", "CPU time, against a loop that never reads the loss"),
+            ("wall", "plain", "wall-clock time, against the tutorial loop"),
+            ("wall", "bare", "wall-clock time, against a loop that never reads the loss"),
+        ):
+            key = f"{kind}_{base}"
+            print(
+                f"  slowdown by {words}: {loop[key]:+.2f} % "
+                f"(quartiles {loop[key + '_q1']:+.2f} % to {loop[key + '_q3']:+.2f} %)"
+            )
 
 
 if __name__ == "__main__":
