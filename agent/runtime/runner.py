@@ -185,6 +185,9 @@ def child_main() -> int:
     # them, and torch 2.13's gloo then aborts a worker about one exit in twenty, failing the run.
     # Freed here, while the interpreter is whole, they go quietly (docs/agent.md).
     gc.collect()
+    # The reports still queued are stored now: torch's gloo can abort a worker at its exit (above),
+    # before the interpreter's own flush at exit.
+    importlib.import_module("trainyard").flush()
     sys.stdout.flush()
     sys.stderr.flush()
     if _rank() == 0:

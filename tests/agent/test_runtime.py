@@ -134,6 +134,7 @@ def test_report_under_torchrun_records_on_rank_zero_only(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))  # RANK is read when the spool is chosen
     trainyard.report(epoch=1, loss=0.5)
+    trainyard.flush()
     assert [record["series"] for record in read_spool(spool)] == [{"loss": 0.5}]
 
 
@@ -152,6 +153,7 @@ def test_report_keeps_finite_numbers_and_never_raises(
         long_name: 2.5,
     }
     trainyard.report(epoch=2, total_epochs=float("nan"), step=7, total_steps=10, stage="training", **series)
+    trainyard.flush()
     [record] = read_spool(spool)
     assert record["series"] == {"loss": 1.0, "x" * 128: 2.5}
     assert (record["epoch"], record["total_epochs"], record["step"], record["total_steps"]) == (
@@ -181,11 +183,12 @@ def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         thread.start()
     for thread in threads:
         thread.join()
+    trainyard.flush()
     records = read_spool(spool)
-    # Every line whole: no store lost or torn by another thread's (the seq is taken before the line
-    # is stored, so threads may store theirs out of seq order).
+    # Every line whole and in order: none lost or torn by another thread's.
     assert len(records) == 800
-    assert len({record["seq"] for record in records}) == 800
+    sequences = [record["seq"] for record in records]
+    assert sequences == list(range(sequences[0], sequences[0] + 800))
     assert sorted(record["step"] for record in records) == sorted(list(range(200)) * 4)
 
 
@@ -202,6 +205,40 @@ def reporting_process(spool: Path, script: str) -> subprocess.CompletedProcess[s
     )
 
 
+def test_a_report_waits_only_when_it_follows_another_closely(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    done = reporting_process(
+        spool,
+        """
+        import fractions, trainyard
+        trainyard.WINDOW, trainyard._WINDOW_NS = 600.0, 600 * 10**9  # the flusher never comes here
+        def stored():
+            with open(os.environ["TRAINYARD_SPOOL"], "rb") as file:
+                return file.read().split(b"\\0")[0].count(b"\\n")
+        counts = []
+        report(step=0, loss=1.0)  # the first: stored before report() returns
+        counts.append(stored())
+        report(step=1, loss=1.0)  # right after the one before: queued
+        counts.append(stored())
+        report(step=2, loss=fractions.Fraction(1, 2))  # not a float: stored at once, after step 1
+        counts.append(stored())
+        report(step=3, loss=1.0)
+        counts.append(stored())
+        trainyard.flush()
+        counts.append(stored())
+        report(step=4, loss=1.0)  # queued, then lost with the process
+        print(*counts, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert done.stdout.split() == ["1", "1", "3", "3", "4"]
+    records = read_spool(spool)
+    assert [record["step"] for record in records] == [0, 1, 2, 3]
+    assert [record["seq"] for record in records] == [1, 2, 3, 4]
+    assert records[2]["series"] == {"loss": 0.5}
+
+
 def test_reports_survive_a_sigkill_and_the_next_writer_continues_after_them(tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
     killed = reporting_process(
@@ -209,6 +246,9 @@ def test_reports_survive_a_sigkill_and_the_next_writer_continues_after_them(tmp_
         """
         for step in range(100):
             report(step=step, total_steps=100, loss=1.0 / (step + 1))
+        # The flusher stores what was queued within 50 ms; waited for here, never timed.
+        while open(os.environ["TRAINYARD_SPOOL"], "rb").read().split(b"\\0")[0].count(b"\\n") < 100:
+            pass
         os.kill(os.getpid(), signal.SIGKILL)
         """,
     )
@@ -233,6 +273,7 @@ def test_the_spool_grows_past_its_mapping(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("RANK", raising=False)
     for step in range(300):  # about 30,000 bytes: seven extensions of 4,096
         trainyard.report(step=step, total_steps=300, loss=step / 7, **{f"s{step % 5}": float(step)})
+    trainyard.flush()
     records = read_spool(spool)
     assert [record["step"] for record in records] == list(range(300))
     assert [record["series"]["loss"] for record in records] == [step / 7 for step in range(300)]

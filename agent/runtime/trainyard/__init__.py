@@ -4,19 +4,26 @@ Standard library only. Outside a run (no `TRAINYARD_SPOOL` in the environment) `
 nothing; inside, it appends one JSON line to the run's spool file, which the agent tails. It costs
 microseconds, never blocks and never raises into training. Under torchrun only rank 0 records.
 
-The spool is written through a shared mapping of the file (docs/telemetry.md): a line is stored into
-the page cache with a `memcpy`, no system call, so it is in the file, for the agent to read and safe
-from a SIGKILL of this process, when `report()` returns, as with a `write(2)`, at a fraction of the
-cost. The file is extended ahead of the lines, in blocks allocated on disk before they are mapped (a
-full disk is an error then, never a SIGBUS at a store); the lines end at the first NUL byte, and the
-file is cut back to its lines when the process exits. One process writes a spool (an exclusive
-`flock` while it holds it): another that reports into it (a forked child, a subprocess) records
-nothing while the first lives, and says so once on stderr.
+A report that comes 50 ms or more after the one before it (an epoch's, a stage's) is formatted and
+stored before `report()` returns. Reports that come faster than that (a step's) are kept in a queue,
+which a thread of this module stores within 50 ms, in order; a report whose series are not plain
+floats or ints (a tensor, which could change before then) is stored at once with what waits before
+it. `flush()` stores what waits; so does a clean exit. A SIGKILL or a crash of the process loses at
+most the last 50 ms of fast reports (docs/telemetry.md says why that trade is made).
+
+The spool is written through a shared mapping of the file: a line is stored into the page cache with
+a `memcpy`, no system call, so it is in the file, for the agent to read and safe from a SIGKILL of
+this process, once stored. The file is extended ahead of the lines, in blocks allocated on disk
+before they are mapped (a full disk is an error then, never a SIGBUS at a store); the lines end at
+the first NUL byte, and the file is cut back to its lines when the process exits. One process writes
+a spool (an exclusive `flock` while it holds it): another that reports into it (a forked child, a
+subprocess) records nothing while the first lives, and says so once on stderr.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import itertools
 import json
@@ -30,14 +37,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "report"]
+__all__ = ["__version__", "flush", "report"]
 
 SPOOL_ENV = "TRAINYARD_SPOOL"
 MAX_NAME = 128
 GROWTH = 4 * 1024 * 1024  # the spool is extended this much at a time: about 25,000 reports
+WINDOW = 0.05  # seconds: a report this close to the one before it waits, this long at most
+QUEUE_LIMIT = 4096  # reports waiting; one more is stored at once, with them
 
-_lock = threading.Lock()  # opening, growing and closing; never taken by a report that fits
-_seq = itertools.count(1)  # next() is one call in C: atomic under the GIL
+_lock = threading.Lock()  # formatting and storing, opening, growing, closing: never in a queued report
+_seq = itertools.count(1)
+_WINDOW_NS = int(WINDOW * 1e9)
+_Report = tuple[int, Any, Any, Any, Any, Any, dict[str, Any]]  # time, the counts, stage, series
+_queue: collections.deque[_Report] = collections.deque()  # append and popleft are atomic
+_last = 0  # time_ns() of the last report
+_flusher: threading.Thread | None = None
 _time_ns = time.time_ns
 # The environment as CPython keeps it behind `os.environ` (encoded names and values): a lookup there
 # is one dict lookup in C, where `os.environ.get` runs Python code (and raises and catches inside for
@@ -79,6 +93,7 @@ def _switch() -> _Spool:
         if records and old.map is not None and path == old.path:
             _out = _Spool(path, old.map, old.fd)  # the same file under a new value: kept
             return _out
+        _drain(old)
         _close(old)
         mapping, fd = _open(path) if records else (None, -1)
         _out = _Spool(path, mapping, fd)
@@ -103,6 +118,7 @@ def _open(path: Any) -> tuple[mmap.mmap | None, int]:
         # before this one) is continued after its last byte.
         end = mapping.find(b"\0")
         mapping.seek(end if end >= 0 else size + GROWTH)
+        _start_flusher()
         return mapping, fd
     except Exception as error:
         _say(path, f"its spool cannot be written ({error}): reports are dropped")
@@ -117,25 +133,60 @@ def _say(path: object, message: str) -> None:
         print(f"trainyard: process {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
-def _store(out: _Spool, line: bytes) -> None:
-    """A line that did not fit: the spool extended, then the line stored (or dropped: disk full)."""
-    with _lock:
-        mapping = out.map
-        if mapping is None or mapping.closed:
-            return  # the spool was closed by another thread: the environment changed
-        try:
-            mapping.write(line)
-            return  # another thread extended it
-        except ValueError:
-            pass
-        size = len(mapping)
-        try:
-            os.posix_fallocate(out.fd, size, max(GROWTH, len(line)))
-            mapping.resize(size + max(GROWTH, len(line)))
-        except Exception as error:
-            _say(out.path, f"its spool cannot grow ({error}): reports are dropped until it can")
-            return
-        mapping.write(line)
+def _write(out: _Spool, data: bytes) -> None:
+    """Store `data` (whole lines) at the end of the spool, extending it when it does not fit (the
+    caller holds the lock)."""
+    mapping = out.map
+    if mapping is None or mapping.closed:
+        return  # the spool was closed: the environment changed
+    try:
+        mapping.write(data)  # a memcpy at the mapping's position, which it moves
+        return
+    except ValueError:  # it does not fit
+        pass
+    size, more = len(mapping), max(GROWTH, len(data))
+    try:
+        os.posix_fallocate(out.fd, size, more)
+        mapping.resize(size + more)
+    except Exception as error:
+        _say(out.path, f"its spool cannot grow ({error}): reports are dropped until it can")
+        return
+    mapping.write(data)
+
+
+def _drain(out: _Spool, last: _Report | None = None) -> None:
+    """Store the queued reports, in order, then `last` (the caller holds the lock)."""
+    lines = []
+    while _queue:
+        lines.append(_line(*_queue.popleft()))
+    if last is not None:
+        lines.append(_line(*last))
+    if lines:
+        _write(out, b"".join(lines))
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(WINDOW)
+        if _queue:
+            with _lock:
+                _drain(_out)
+
+
+def _start_flusher() -> None:
+    global _flusher
+    if _flusher is None:
+        _flusher = threading.Thread(target=_flush_forever, name="trainyard report", daemon=True)
+        _flusher.start()
+
+
+def flush() -> None:
+    """Store the reports that wait (those that came less than 50 ms after the one before them)."""
+    try:
+        with _lock:
+            _drain(_out)
+    except Exception:
+        return
 
 
 def _close(out: _Spool) -> None:
@@ -158,6 +209,7 @@ def _close(out: _Spool) -> None:
 
 def _at_exit() -> None:
     with _lock:
+        _drain(_out)
         _close(_out)
 
 
@@ -167,9 +219,12 @@ atexit.register(_at_exit)
 def _after_fork_in_child() -> None:
     # The child shares the parent's mapping and lock; it lets go of both (closing its copies leaves
     # the parent's untouched) and chooses again at its first report. A lock held by another thread at
-    # fork() would never be released in the child: a new one.
-    global _lock, _out
+    # fork() would never be released in the child: a new one. The queue is the parent's to store, and
+    # the flusher thread was not forked.
+    global _lock, _out, _flusher, _last
     _lock = threading.Lock()
+    _queue.clear()
+    _flusher, _last = None, 0
     out, _out = _out, _Spool(_UNSET)
     if out.map is not None:
         out.map.close()
@@ -239,14 +294,36 @@ def report(
     **series: float,
 ) -> None:
     """Record progress (`epoch`/`step` of their totals, `stage`) and any named series (`loss=0.3`)."""
+    global _last
     try:
         out = _out
         if _environ.get(_SPOOL_KEY) is not out.path:
             out = _switch()
         if out.map is None:
             return
-        # JSON written by hand, in as few steps as will do: in a loop that leaves the caches cold each
-        # step costs several times what it costs warm (json.dumps of the record cost as much as the rest).
+        now = _time_ns()
+        if now - _last < _WINDOW_NS and len(_queue) < QUEUE_LIMIT:
+            _last = now
+            for value in series.values():
+                if type(value) is not float and type(value) is not int:
+                    break  # a tensor, say: read now, it could change before the queue is stored
+            else:
+                _queue.append((now, epoch, total_epochs, step, total_steps, stage, series))
+                return
+        _last = now
+        with _lock:
+            _drain(out, (now, epoch, total_epochs, step, total_steps, stage, series))
+    except Exception:
+        return
+
+
+def _line(
+    now: int, epoch: Any, total_epochs: Any, step: Any, total_steps: Any, stage: Any, series: dict[str, Any]
+) -> bytes:
+    """A report's JSON line (b"" for one that cannot be written)."""
+    try:
+        # JSON written by hand, in as few steps as will do (json.dumps of the record cost as much as
+        # everything else together).
         values = []
         for name, value in series.items():
             known = _names.get(name) or _known(name)
@@ -270,14 +347,9 @@ def report(
             counts = _counts(epoch, total_epochs, step, total_steps)
         named = "null" if stage is None else json.dumps(str(stage)[:MAX_NAME])
         # The time in integer nanoseconds with an exponent (a JSON number: the reader gets the float
-        # seconds): the cheapest exact text of it, a float's repr or a division costs several times more.
-        line = (
-            f'{{"t":{_time_ns()}e-9,"seq":{next(_seq)},{counts}"stage":{named},'
-            f'"series":{{{",".join(values)}}}}}\n'
+        # seconds): the cheapest exact text of it.
+        return (
+            f'{{"t":{now}e-9,"seq":{next(_seq)},{counts}"stage":{named},"series":{{{",".join(values)}}}}}\n'
         ).encode()
-        try:
-            out.map.write(line)  # a memcpy at the mapping's position, which it moves: atomic under the GIL
-        except ValueError:  # it does not fit (or the spool was closed meanwhile)
-            _store(out, line)
     except Exception:
-        return
+        return b""
