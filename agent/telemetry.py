@@ -15,11 +15,12 @@ import json
 import logging
 import math
 import os
+import stat
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent import metrics
 from agent.client import ApiClient, ApiRejected
@@ -142,15 +143,29 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _open(path: Path) -> BinaryIO | None:
+    """A file of the run's folder, open for reading; None when it is missing or not a regular file.
+    The folder is the package's: a symlink there (to a file only the agent's user may read) or a FIFO
+    (whose read would block a thread for good) is not followed, so never shipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
 def _read(path: Path, start: int, limit: int, *, spool: bool = False) -> bytes:
     """Up to `limit` bytes of `path` from `start`, cut after the last whole line (in the spool, of
     those before its first NUL: `report()` writes into a mapping of zeros, docs/telemetry.md)."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(start)
-            data = file.read(limit)
-    except FileNotFoundError:
+    file = _open(path)
+    if file is None:
         return b""
+    with file:
+        file.seek(start)
+        data = file.read(limit)
     if spool and (end := data.find(b"\0")) >= 0:
         data = data[:end]
     return data[: data.rfind(b"\n") + 1]
@@ -159,19 +174,19 @@ def _read(path: Path, start: int, limit: int, *, spool: bool = False) -> bytes:
 def spool_end(path: Path) -> int:
     """Where the lines of a spool end: its first NUL byte, found by bisection (the lines hold none, the
     zeros ahead of them are contiguous), or its size."""
-    try:
-        with open(path, "rb") as file:
-            low, high = 0, os.fstat(file.fileno()).st_size
-            while low < high:  # the answer lies in [low, high]
-                middle = (low + high) // 2
-                file.seek(middle)
-                if file.read(1) == b"\0":
-                    high = middle
-                else:
-                    low = middle + 1
-            return low
-    except FileNotFoundError:
+    file = _open(path)
+    if file is None:
         return 0
+    with file:
+        low, high = 0, os.fstat(file.fileno()).st_size
+        while low < high:  # the answer lies in [low, high]
+            middle = (low + high) // 2
+            file.seek(middle)
+            if file.read(1) == b"\0":
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
 
 class RunTelemetry:
@@ -310,16 +325,17 @@ class RunTelemetry:
         total = 0
         acked = self.state.pending[0].ranges if self.state.pending else {}
         for name, path in self.paths.items():
-            with contextlib.suppress(FileNotFoundError):
-                end = spool_end(path) if name == "spool" else path.stat().st_size
+            with contextlib.suppress(OSError):
+                end = spool_end(path) if name == "spool" else os.lstat(path).st_size
                 total += max(0, end - acked.get(name, [self.state.offsets[name]])[0])
         return total
 
 
 def _read_range(path: Path, span: list[int] | None) -> bytes:
-    if not span:
-        return b""
-    with open(path, "rb") as file:
+    file = _open(path) if span else None
+    if file is None or not span:
+        return b""  # a file the package removed or replaced since: nothing of it is sent
+    with file:
         file.seek(span[0])
         return file.read(span[1] - span[0])
 
@@ -327,10 +343,11 @@ def _read_range(path: Path, span: list[int] | None) -> bytes:
 def read_spool(path: Path) -> list[dict[str, Any]]:
     """Every record of a spool, in order (its lines before the first NUL; a line that is not a JSON
     object skipped, as when shipping)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    file = _open(path)
+    if file is None:
         return []
+    with file:
+        data = file.read()
     end = data.find(b"\0")
     return _records(data if end < 0 else data[:end])
 

@@ -239,3 +239,18 @@ def test_the_reader_stops_at_the_first_nul_of_the_spool(tmp_path: Path) -> None:
     log = tmp_path / "stdout.log"
     log.write_bytes(b"a\0b\n")
     assert _read(log, 0, 1 << 20) == b"a\0b\n"
+
+
+def test_the_reader_follows_no_symlink_and_waits_on_no_fifo(tmp_path: Path) -> None:
+    # The run's folder is the package's: it could point its spool or its log at a file only the agent
+    # may read, to have it shipped to the API, or make one a FIFO, to hang the agent's reader.
+    secret = tmp_path / "secret"
+    secret.write_bytes(b'{"t":1.0,"seq":1,"step":1,"series":{"secret":42.0}}\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spool.jsonl").symlink_to(secret)
+    (run / "stdout.log").symlink_to(secret)
+    os.mkfifo(run / "stderr.log")
+    for name in ("spool.jsonl", "stdout.log", "stderr.log"):
+        assert _read(run / name, 0, 1 << 20, spool=name == "spool.jsonl") == b""
+        assert spool_end(run / name) == 0 and read_spool(run / name) == []
