@@ -40,7 +40,7 @@ from agent.config import AgentSettings
 from agent.environments import EnvironmentBuildFailed, python_for
 from agent.gpus import GpuPool, visible_devices
 from agent.runtime.runner import descendants
-from agent.workdir import BlobCache, RunFolder, prepare_run, run_folder
+from agent.workdir import BlobCache, RunFolder, open_run_file, prepare_run, run_folder
 from shared.enums import PipelineType, ReasonCode
 from shared.protocol import (
     ERROR_TAIL_MAX_CHARS,
@@ -59,6 +59,7 @@ PHASES = ("preparing", "launched", "exited", "done")
 # After the runner's own grace, how long the agent waits before it SIGKILLs what is left itself.
 KILL_MARGIN_SECONDS = 10.0
 STDERR_TAIL_BYTES = 8 * 1024
+MAX_OUTCOME_BYTES = 64 * 1024 * 1024  # a larger outcome.json is not the runner's: no outcome
 _NO_UPLOAD = frozenset({"__pycache__", ".ipynb_checkpoints"})
 
 
@@ -536,16 +537,26 @@ class Execution:
         return None, None  # not our child (re-adopted): its outcome file says what happened
 
     def _read_outcome(self) -> dict[str, Any] | None:
+        # The run's folder is the package's: its outcome is read as a regular file, never through a
+        # symlink or from a FIFO, and within a bound.
+        file = open_run_file(self.folder.outcome)
+        if file is None:
+            return None
         try:
-            data = json.loads(self.folder.outcome.read_text(encoding="utf-8"))
+            with file:
+                raw = file.read(MAX_OUTCOME_BYTES + 1)
+            data = json.loads(raw) if len(raw) <= MAX_OUTCOME_BYTES else None
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
     def _stderr_tail(self) -> str:
         for path in (self.folder.stderr, self.folder.root / "runner.log"):
+            file = open_run_file(path)
+            if file is None:
+                continue
             try:
-                with open(path, "rb") as file:
+                with file:
                     file.seek(0, os.SEEK_END)
                     file.seek(max(0, file.tell() - STDERR_TAIL_BYTES))
                     tail = file.read().decode("utf-8", "replace").strip()

@@ -15,16 +15,15 @@ import json
 import logging
 import math
 import os
-import stat
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from agent import metrics
 from agent.client import ApiClient, ApiRejected
-from agent.workdir import RunFolder
+from agent.workdir import RunFolder, open_run_file
 from shared.protocol import (
     MAX_LOG_LINE_CHARS,
     MAX_SERIES_NAME,
@@ -143,24 +142,10 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _open(path: Path) -> BinaryIO | None:
-    """A file of the run's folder, open for reading; None when it is missing or not a regular file.
-    The folder is the package's: a symlink there (to a file only the agent's user may read) or a FIFO
-    (whose read would block a thread for good) is not followed, so never shipped."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
-
-
 def _read(path: Path, start: int, limit: int, *, spool: bool = False) -> bytes:
     """Up to `limit` bytes of `path` from `start`, cut after the last whole line (in the spool, of
     those before its first NUL: `report()` writes into a mapping of zeros, docs/telemetry.md)."""
-    file = _open(path)
+    file = open_run_file(path)
     if file is None:
         return b""
     with file:
@@ -174,7 +159,7 @@ def _read(path: Path, start: int, limit: int, *, spool: bool = False) -> bytes:
 def spool_end(path: Path) -> int:
     """Where the lines of a spool end: its first NUL byte, found by bisection (the lines hold none, the
     zeros ahead of them are contiguous), or its size."""
-    file = _open(path)
+    file = open_run_file(path)
     if file is None:
         return 0
     with file:
@@ -332,7 +317,7 @@ class RunTelemetry:
 
 
 def _read_range(path: Path, span: list[int] | None) -> bytes:
-    file = _open(path) if span else None
+    file = open_run_file(path) if span else None
     if file is None or not span:
         return b""  # a file the package removed or replaced since: nothing of it is sent
     with file:
@@ -343,7 +328,7 @@ def _read_range(path: Path, span: list[int] | None) -> bytes:
 def read_spool(path: Path) -> list[dict[str, Any]]:
     """Every record of a spool, in order (its lines before the first NUL; a line that is not a JSON
     object skipped, as when shipping)."""
-    file = _open(path)
+    file = open_run_file(path)
     if file is None:
         return []
     with file:

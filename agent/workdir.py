@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from agent.client import ApiClient, ChecksumMismatch
 from agent.config import AgentSettings
@@ -315,6 +316,20 @@ async def _fetch_dataset(
 
 async def _nothing(folder: Path) -> None:
     """A run without a dataset gets an empty `data/`."""
+
+
+def open_run_file(path: Path) -> BinaryIO | None:
+    """A file of the run's folder, open for reading; None when it is missing or not a regular file.
+    The folder is the package's: a symlink there (to a file only the agent's user may read) or a FIFO
+    (whose read would block a thread for good) is not followed, so never shipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def run_folder(settings: AgentSettings, payload: StartRunPayload) -> RunFolder:

@@ -305,3 +305,36 @@ async def test_after_sigkill_or_sigterm_of_the_agent_the_run_still_registers_its
             assert [v["version"] for v in versions["items"]] == ["1.0", "1.1"], versions
             s.agents[-1].stop()
             os.sync()
+
+
+async def test_a_package_can_neither_have_the_agent_read_a_file_for_it_nor_hang_it() -> None:
+    # The run's folder is the package's and the agent may read it as root: a log made a symlink to a
+    # file only the agent's user may read must not reach the API, an outcome made a FIFO must not
+    # block the agent.
+    async with stack() as s:
+        secret = s.marks("secret") / "secret.txt"
+        secret.write_text("TOP-SECRET-7d1f\n")
+        os.chmod(secret, 0o600)
+        process = await s.deploy(
+            package(
+                f"""
+                import os
+
+
+                class Main:
+                    def train(self, data_directory):
+                        os.unlink("../stderr.log")
+                        os.symlink({str(secret)!r}, "../stderr.log")
+                        os.mkfifo("../outcome.json")
+                        os._exit(3)
+
+                    def save(self):
+                        pass
+                """
+            )
+        )
+        s.start_agent()
+        run = await s.start(process)
+        done = await s.wait_run(run["id"], "failed", "succeeded", "stopped")
+        assert (done["status"], done["reason_code"]) == ("failed", "exit_nonzero"), done
+        assert "TOP-SECRET" not in str(done), done
