@@ -192,6 +192,20 @@ def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert sorted(record["step"] for record in records) == sorted(list(range(200)) * 4)
 
 
+def test_a_report_from_a_signal_handler_inside_report_does_not_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
+    monkeypatch.delenv("RANK", raising=False)
+    trainyard.report(step=1, loss=1.0)
+    monkeypatch.setattr(trainyard, "_last", 0)  # the next report is stored at once, under the lock
+    with trainyard._lock:  # what a handler interrupting report() finds: its own thread holds the lock
+        trainyard.report(step=2, loss=2.0)
+    trainyard.flush()
+    assert [record["step"] for record in read_spool(spool)] == [1, 2]
+
+
 def reporting_process(spool: Path, script: str) -> subprocess.CompletedProcess[str]:
     """`script` run by a Python process of its own, `report` imported, the spool in its environment."""
     environment = {k: v for k, v in os.environ.items() if k != "RANK"} | {"TRAINYARD_SPOOL": str(spool)}

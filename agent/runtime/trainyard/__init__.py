@@ -45,7 +45,9 @@ GROWTH = 4 * 1024 * 1024  # the spool is extended this much at a time: about 25,
 WINDOW = 0.05  # seconds: a report this close to the one before it waits, this long at most
 QUEUE_LIMIT = 4096  # reports waiting; one more is stored at once, with them
 
-_lock = threading.Lock()  # formatting and storing, opening, growing, closing: never in a queued report
+# Formatting and storing, opening, growing, closing; never taken by a queued report. Reentrant: a
+# signal handler that reports runs in the thread it interrupts, which may hold it.
+_lock = threading.RLock()
 _seq = itertools.count(1)
 _WINDOW_NS = int(WINDOW * 1e9)
 _Report = tuple[int, Any, Any, Any, Any, Any, dict[str, Any]]  # time, the counts, stage, series
@@ -222,7 +224,7 @@ def _after_fork_in_child() -> None:
     # fork() would never be released in the child: a new one. The queue is the parent's to store, and
     # the flusher thread was not forked.
     global _lock, _out, _flusher, _last
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _queue.clear()
     _flusher, _last = None, 0
     out, _out = _out, _Spool(_UNSET)
