@@ -317,8 +317,10 @@ class RunTelemetry:
 
 
 def _read_range(path: Path, span: list[int] | None) -> bytes:
-    file = open_run_file(path) if span else None
-    if file is None or not span:
+    if not span:
+        return b""
+    file = open_run_file(path)
+    if file is None:
         return b""  # a file the package removed or replaced since: nothing of it is sent
     with file:
         file.seek(span[0])

@@ -116,6 +116,15 @@ TRAINS_AND_SAVES = """
 # -- report() -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The spool of an in-process run of rank 0, in the environment."""
+    path = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(path))
+    monkeypatch.delenv("RANK", raising=False)
+    return path
+
+
 def test_report_outside_a_run_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRAINYARD_SPOOL", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -138,12 +147,7 @@ def test_report_under_torchrun_records_on_rank_zero_only(
     assert [record["series"] for record in read_spool(spool)] == [{"loss": 0.5}]
 
 
-def test_report_keeps_finite_numbers_and_never_raises(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool = tmp_path / "spool.jsonl"
-    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
-    monkeypatch.delenv("RANK", raising=False)
+def test_report_keeps_finite_numbers_and_never_raises(spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     long_name = "x" * 300
     series: dict[str, Any] = {
         "loss": 1,
@@ -165,14 +169,11 @@ def test_report_keeps_finite_numbers_and_never_raises(
     assert record["stage"] == "training"
     assert isinstance(record["t"], float) and isinstance(record["seq"], int)
 
-    monkeypatch.setenv("TRAINYARD_SPOOL", str(tmp_path / "no-such-folder" / "spool.jsonl"))
+    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool.parent / "no-such-folder" / "spool.jsonl"))
     trainyard.report(loss=1.0)  # an unwritable spool is not the training's problem
 
 
-def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = tmp_path / "spool.jsonl"
-    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
-    monkeypatch.delenv("RANK", raising=False)
+def test_report_is_thread_safe(spool: Path) -> None:
 
     def many() -> None:
         for step in range(200):
@@ -193,11 +194,8 @@ def test_report_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_report_from_a_signal_handler_inside_report_does_not_deadlock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = tmp_path / "spool.jsonl"
-    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
-    monkeypatch.delenv("RANK", raising=False)
     trainyard.report(step=1, loss=1.0)
     monkeypatch.setattr(trainyard, "_last", 0)  # the next report is stored at once, under the lock
     with trainyard._lock:  # what a handler interrupting report() finds: its own thread holds the lock
@@ -280,11 +278,8 @@ def test_reports_survive_a_sigkill_and_the_next_writer_continues_after_them(tmp_
     assert b"\0" not in spool.read_bytes()  # cut back to its lines at a clean exit
 
 
-def test_the_spool_grows_past_its_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = tmp_path / "spool.jsonl"
+def test_the_spool_grows_past_its_mapping(spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainyard, "GROWTH", 4096)
-    monkeypatch.setenv("TRAINYARD_SPOOL", str(spool))
-    monkeypatch.delenv("RANK", raising=False)
     for step in range(300):  # about 30,000 bytes: seven extensions of 4,096
         trainyard.report(step=step, total_steps=300, loss=step / 7, **{f"s{step % 5}": float(step)})
     trainyard.flush()
