@@ -146,8 +146,9 @@ async def receive_multipart(
         raise PayloadTooLarge(f"the upload is over {max_bytes} bytes", code="upload_too_large")
     with ExitStack() as stack:
         receiver = _Receiver(store, stack, max_bytes, max_files)
-        parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
         try:
+            # Inside the `try`: the parser refuses a boundary over 256 bytes as it is built.
+            parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.enums import CommandKind, CommandState, PipelineType, ReasonCode, RunStatus
 
 MAX_POLL_WAIT_SECONDS = 30
+# The widths of the database's integer columns, on both databases (INTEGER and BIGINT on PostgreSQL;
+# SQLite stores 64 bits at most). Every integer that reaches a column is bounded by one of these at
+# the schema, so a number no column holds is a 422, never a driver's overflow (docs/errors.md).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ERROR_TAIL_MAX_CHARS = 16_384
 
 
@@ -28,9 +33,9 @@ class ApiReply(BaseModel):
 
 
 class GpuInfo(ApiReply):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=INT32_MAX)
     name: str = Field(max_length=256)
-    memory_total_mb: int | None = Field(default=None, ge=0)
+    memory_total_mb: int | None = Field(default=None, ge=0, le=INT64_MAX)
     uuid: str | None = Field(default=None, max_length=128)
 
 
@@ -93,7 +98,7 @@ class CommandAckReply(ApiReply):
 
 class LaunchedEvent(AgentRequest):
     type: Literal["launched"]
-    pid: int | None = Field(default=None, ge=1)
+    pid: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 class StageEvent(AgentRequest):
@@ -105,7 +110,9 @@ class StageEvent(AgentRequest):
 
 class ExitedEvent(AgentRequest):
     type: Literal["exited"]
-    exit_code: int | None = None
+    exit_code: int | None = Field(
+        default=None, ge=INT32_MIN, le=INT32_MAX, description="The process's exit status (runs.exit_code)."
+    )
     signal: int | None = Field(default=None, ge=1, le=128)
     error_tail: str = Field(default="", max_length=ERROR_TAIL_MAX_CHARS)
     reason_code: ReasonCode | None = Field(
@@ -126,7 +133,7 @@ RunEvent = Annotated[
 class ManifestFile(ApiReply):
     path: str = Field(max_length=1024)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=INT64_MAX)
 
 
 class DatasetManifest(ApiReply):
@@ -164,6 +171,7 @@ MAX_TELEMETRY_POINTS = 100_000  # the agent cuts at 50,000 (estimated from the s
 MAX_TELEMETRY_LOG_LINES = 20_000
 MAX_SERIES_NAME = 128
 MAX_LOG_LINE_CHARS = 65_536
+MAX_SERIES_INDEX = 65_535  # packed as uint16; `names` holds far fewer anyway
 
 
 class TelemetryPoints(AgentRequest):
@@ -171,7 +179,9 @@ class TelemetryPoints(AgentRequest):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    series: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_TELEMETRY_POINTS)
+    series: list[Annotated[int, Field(ge=0, le=MAX_SERIES_INDEX)]] = Field(
+        default_factory=list, max_length=MAX_TELEMETRY_POINTS
+    )
     step: list[float] = Field(default_factory=list, max_length=MAX_TELEMETRY_POINTS)
     value: list[float] = Field(default_factory=list, max_length=MAX_TELEMETRY_POINTS)
     time: list[float] = Field(
@@ -229,7 +239,7 @@ class TelemetryBatch(AgentRequest):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=INT32_MAX)
     names: list[Annotated[str, Field(min_length=1, max_length=MAX_SERIES_NAME)]] = Field(
         default_factory=list, max_length=1024, description="The series names `points.series` indexes."
     )

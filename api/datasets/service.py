@@ -25,6 +25,7 @@ from api.models import Dataset, DatasetFile, DatasetVersion, Project, Run, Templ
 from api.repository import get_by_name, get_or_create_named, record_blobs
 from shared.enums import ACTIVE_RUN_STATUSES
 from shared.names import InvalidName, normalize_name
+from shared.protocol import INT32_MAX
 
 _BATCH = 500  # rows per INSERT: under SQLite's limit of bound parameters
 _CREATE_ATTEMPTS = 3
@@ -57,15 +58,18 @@ async def latest_number(session: AsyncSession, dataset: Dataset) -> int | None:
 
 
 def parse_version(version: int | str) -> int | Literal["latest"]:
-    """A version as a client or a template names it: a number from 1, or `latest`."""
-    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+    """A version as a client or a template names it: a number from 1 to INT32_MAX (the column's
+    width: past it PostgreSQL's INTEGER overflows, so such a number is invalid, not merely absent),
+    or `latest`."""
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= INT32_MAX:
         return version
     if version == "latest":
         return "latest"
-    if isinstance(version, str) and version.isascii() and version.isdigit() and int(version) >= 1:
+    digits = isinstance(version, str) and version.isascii() and version.isdigit() and len(version) <= 10
+    if digits and 1 <= int(version) <= INT32_MAX:
         return int(version)
     raise InvalidInput(
-        f"a dataset version is a number from 1 or 'latest', not {version!r}",
+        f"a dataset version is a number from 1 to {INT32_MAX} or 'latest', not {version!r}",
         code="invalid_version",
         field="version",
     )

@@ -22,7 +22,7 @@ from api.security import Permission, Principal, agent_for, bearer_digest, bearer
 from api.telemetry import ingest, service, wire
 from api.telemetry.schemas import LogsRead, MetricsRead
 from api.telemetry.wire import Batch
-from shared.protocol import MAX_POLL_WAIT_SECONDS, TelemetryReply
+from shared.protocol import INT32_MAX, MAX_POLL_WAIT_SECONDS, TelemetryReply
 
 agent_router = APIRouter(prefix="/agent", tags=["agent"], responses=error_responses(401, 403))
 router = APIRouter(prefix="/projects/{project}", tags=["runs"], responses=error_responses(401, 403, 404))
@@ -95,7 +95,8 @@ async def get_metrics(
         int, Query(ge=4, le=MAX_POINTS_LIMIT, description="Points per series, at most.")
     ] = 2000,
     since: Annotated[
-        int | None, Query(ge=0, description="Only points stored from here on: `next_since` of a read.")
+        int | None,
+        Query(ge=0, le=INT32_MAX, description="Only points stored from here on: `next_since` of a read."),
     ] = None,
 ) -> MetricsRead:
     """The run's chart: each series downsampled to `max_points` keeping every bucket's min and max and
@@ -116,7 +117,9 @@ async def get_logs(
     session: SessionDep,
     notifier: NotifierDep,
     _: RunViewer,
-    offset: Annotated[int, Query(ge=0, description="The first line to return: `next_offset` of a read.")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="The first line to return: `next_offset` of a read.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_PAGE)] = 1000,
     q: Annotated[
         str | None, Query(max_length=256, description="Only lines holding this text (any case).")

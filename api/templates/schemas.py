@@ -7,6 +7,7 @@ from pydantic import AfterValidator, Field, field_validator
 from api.schemas import Description, Name, ReadModel, RequestModel
 from shared.enums import PipelineType
 from shared.names import check_parameter_name, normalize_relative_path
+from shared.protocol import INT32_MAX
 from shared.versions import Version
 
 MAX_PARAMETERS = 256
@@ -18,7 +19,7 @@ def _check_version(value: str) -> str:
 
 
 PackageVersion = Annotated[str, AfterValidator(_check_version), Field(max_length=32, examples=["1.0"])]
-DatasetVersion = Annotated[int, Field(ge=1)] | Literal["latest"]
+DatasetVersion = Annotated[int, Field(ge=1, le=INT32_MAX)] | Literal["latest"]
 SubPath = Annotated[str, AfterValidator(normalize_relative_path), Field(max_length=1024)]
 Augmentation = Literal[
     "none",
