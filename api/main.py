@@ -18,6 +18,7 @@ from api.access_log import quiet_agent_access_lines
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
+from api.auth_first import install_auth_first
 from api.blobs import LocalBlobStore
 from api.config import Settings
 from api.datasets.router import router as datasets_router
@@ -159,5 +160,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
+    install_auth_first(app)
     install_openapi(app)
     return app
