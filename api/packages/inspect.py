@@ -7,6 +7,7 @@ cannot run is refused at upload with a message that says why.
 
 import ast
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from typing import Any
 from api.errors import InvalidInput
 from shared.archive import ArchiveError, ArchiveLimits, inspect_zip, read_member
 from shared.names import InvalidName, check_parameter_name
+from shared.requirements import (
+    MAX_REQUIREMENTS_BYTES,
+    TOO_LARGE,
+    RequirementRefused,
+    check_requirements_file,
+)
 
 MAX_SOURCE_BYTES = 2 * 1024 * 1024
 MAX_DECLARED_PARAMETERS = 256
@@ -68,11 +75,11 @@ def inspect_package(path: Path, limits: ArchiveLimits) -> PackageInfo:
                 "no train.py at the root of the zip or in its single top-level folder", "missing_train_py"
             )
 
-    def source(name: str) -> bytes | None:
+    def source(name: str, max_bytes: int = MAX_SOURCE_BYTES) -> bytes | None:
         if f"{prefix}{name}" not in names:
             return None
         try:
-            return read_member(path, f"{prefix}{name}", MAX_SOURCE_BYTES, limits=limits)
+            return read_member(path, f"{prefix}{name}", max_bytes, limits=limits)
         except ArchiveError as error:
             raise _refuse(f"{name}: {error.message}", error.code) from None
 
@@ -89,6 +96,7 @@ def inspect_package(path: Path, limits: ArchiveLimits) -> PackageInfo:
     if main_source is not None:
         main_methods = _main_methods(main_source, "main.py")
         predict = main_methods is not None and (main_methods is _UNKNOWN or "predict" in main_methods)
+    _check_requirements(source, f"{prefix}requirements.txt" in names)
     parameters_source = source("parameters.json")
     known = train_methods is _UNKNOWN
     return PackageInfo(
@@ -99,6 +107,24 @@ def inspect_package(path: Path, limits: ArchiveLimits) -> PackageInfo:
         has_requirements=f"{prefix}requirements.txt" in names,
         declared_parameters=None if parameters_source is None else parse_declaration(parameters_source),
     )
+
+
+def _check_requirements(source: Callable[[str, int], bytes | None], present: bool) -> None:
+    """The agent's own policy (`shared.requirements`), with its words and its code: a package the agent
+    would refuse to install is refused here, not at its first run."""
+    if not present:
+        return
+    try:
+        content = source("requirements.txt", MAX_REQUIREMENTS_BYTES)
+    except InvalidInput as error:
+        if error.code != "too_large":
+            raise
+        raise _refuse(TOO_LARGE, RequirementRefused.code) from None
+    assert content is not None
+    try:
+        check_requirements_file(content)
+    except RequirementRefused as refused:
+        raise _refuse(str(refused), refused.code) from None
 
 
 class _Unknown(frozenset[str]):

