@@ -19,7 +19,7 @@ from api.db import SessionDep
 from api.deps import BlobsDep, SettingsDep
 from api.downloads import blob_response
 from api.errors import Conflict, InvalidInput, NotFound, error_responses
-from api.models import Blob, Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
+from api.models import Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
 from api.packages.service import check_package
 from api.repository import record_blobs
 from api.security import CurrentAgent
@@ -196,30 +196,11 @@ async def upload_snapshot(
     run_id: uuid.UUID, snapshot: SnapshotUpload, session: SessionDep, agent: CurrentAgent
 ) -> OutputReply:
     """The manifest of the data the run read (save_training_data): costs nothing when data repeats,
-    since every file is a blob the API already holds."""
+    since every file is one of the run's own dataset files, a blob the API already holds."""
     run = await _receiving(session, agent, run_id)
-    hashes = {item.sha256 for item in snapshot.files}
-    known: set[str] = set()
-    listed = sorted(hashes)
-    for start in range(0, len(listed), 500):
-        known |= set(
-            (
-                await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(listed[start : start + 500])))
-            ).all()
-        )
-    unknown = hashes - known
-    if unknown:
-        raise Conflict(
-            f"{len(unknown)} files of the snapshot are not held by the API, e.g. {min(unknown)}",
-            code="snapshot_blobs_missing",
-        )
-    files = [(item.path, item.sha256, item.size) for item in snapshot.files]
-    document = {
-        "files": [item.model_dump() for item in snapshot.files],
-        "content_hash": datasets.content_hash(files),
-    }
+    document = await outputs.snapshot_document(session, run, snapshot.files)
     await outputs.put_output(session, run, outputs.SNAPSHOT, document=document)
-    return OutputReply(kind=outputs.SNAPSHOT, size=len(files))
+    return OutputReply(kind=outputs.SNAPSHOT, size=len(snapshot.files))
 
 
 @router.put(

@@ -13,6 +13,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.blobs import StoredBlob
+from api.datasets import service as datasets
+from api.errors import InvalidInput
 from api.models import Dataset, DatasetVersion, Package, PackageVersion, Run, RunOutput
 from api.models.base import new_id
 from api.models.telemetry import MetricSeries
@@ -20,6 +22,7 @@ from api.packages.inspect import DeclaredParameter, PackageInfo
 from api.packages.service import add_trained_version
 from api.repository import dialect_insert
 from shared.enums import PipelineType
+from shared.protocol import ManifestFile
 from shared.versions import Version
 
 PACKAGE, ARTIFACT, SNAPSHOT, EVALUATION = "package", "artifact", "snapshot", "evaluation"
@@ -54,6 +57,31 @@ async def put_output(
         },
     )
     await session.execute(statement)
+
+
+async def snapshot_document(session: AsyncSession, run: Run, files: list[ManifestFile]) -> dict[str, Any]:
+    """The snapshot's record, if every file in it is a file of the manifest the agent was given for the
+    run's training data (same path, hash and size); else 422 `snapshot_not_run_input`.
+
+    Only the run's own inputs: a snapshot naming any blob of the store would be an oracle of which
+    content the API holds, and once recorded, a way to reach another project's files. The refusal
+    reads the same whether the blob exists or not.
+    """
+    given: dict[str, tuple[str, int]] = {}
+    if run.dataset_version_id is not None and files:
+        version = await session.get_one(DatasetVersion, run.dataset_version_id)
+        manifest = await datasets.manifest(session, version, run.config.get("dataset_path"))
+        given = {path: (sha256, size) for path, sha256, size in manifest}
+    foreign = [item.path for item in files if given.get(item.path) != (item.sha256, item.size)]
+    if foreign:
+        raise InvalidInput(
+            f"{len(foreign)} files of the snapshot are not files of the run's dataset as it was given,"
+            f" e.g. {min(foreign)!r}",
+            code="snapshot_not_run_input",
+            field="files",
+        )
+    entries = [(item.path, item.sha256, item.size) for item in files]
+    return {"files": [item.model_dump() for item in files], "content_hash": datasets.content_hash(entries)}
 
 
 async def _output(session: AsyncSession, run: Run, kind: str) -> RunOutput | None:

@@ -199,10 +199,50 @@ async def test_hostile_outputs_are_refused(client: AsyncClient, app: FastAPI) ->
         unknown = {"files": [{"path": "a", "sha256": "1" * 64, "size": 1}]}
         problem(
             await agent.put(f"/runs/{run['id']}/outputs/snapshot", json=unknown),
-            409,
-            "snapshot_blobs_missing",
+            422,
+            "snapshot_not_run_input",
         )
         assert app.state.blobs.temp_dir.exists() and list(app.state.blobs.temp_dir.iterdir()) == []
+
+
+async def test_a_snapshot_holds_only_the_runs_own_dataset_files(client: AsyncClient, app: FastAPI) -> None:
+    """Not any blob of the store: one the API holds but the run was not given (another project's data,
+    the run's package, a file of its dataset outside the template's sub-folder) is refused exactly as
+    a blob nobody holds is, so the answer tells nothing of what the store holds."""
+    world = await _world_with_digits(client, dataset_path="train", save_training_data=True)
+    secret = b"another project's data"
+    other = ok(await client.post("/projects", json={"name": "other"}), 201)["name"]
+    await _upload_dataset(client, other, "secrets", {"secret.txt": secret})
+
+    def file(path: str, content: bytes) -> dict[str, Any]:
+        return {"path": path, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+
+    async with agent_client(app, world.agent_token) as agent:
+        run = await _running(client, agent, world)
+        url = f"/runs/{run['id']}/outputs/snapshot"
+        given = ok(await agent.get(f"/runs/{run['id']}/dataset"))["files"]
+        refused = {
+            "another project's blob": file("secret.txt", secret),
+            "the run's package": file("pkg.zip", BASE_PACKAGE_ZIP),
+            "outside the sub-folder": file("README", b"digits"),
+            "a blob nobody holds": file("x.png", b"nothing stored"),
+            "a given file under another path": {**given[0], "path": "elsewhere.png"},
+            "a given file with another size": {**given[0], "size": given[0]["size"] + 1},
+        }
+        details = set()
+        for item in refused.values():
+            body = problem(
+                await agent.put(url, json={"files": [*given, item]}), 422, "snapshot_not_run_input"
+            )
+            assert body["field"] == "files"
+            details.add(body["detail"].replace(repr(item["path"]), "PATH"))
+        assert len(details) == 1, details  # the same words whether the blob exists or not
+        # The files it was given, or some of them, are a snapshot.
+        assert ok(await agent.put(url, json={"files": given[:1]}))["size"] == 1
+        assert ok(await agent.put(url, json={"files": given}))["size"] == len(given)
+        assert (await _finish(agent, run["id"]))["status"] == "succeeded"
+    version = ok(await client.get(f"/projects/{world.project}/packages/pkg/versions/1.1"))
+    assert version["lineage"]["snapshot"]["files"] == len(given)
 
 
 async def test_templates_are_checked_against_the_package_and_datasets(client: AsyncClient) -> None:
