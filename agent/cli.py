@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 from agent.config import AgentSettings, default_work_dir
 
 EXIT_USAGE = 2
+PR_SET_DUMPABLE = 4
 
 
 def _settings(api: str | None) -> AgentSettings:
@@ -47,13 +50,22 @@ async def _serve(settings: AgentSettings) -> None:
         await agent.run()
 
 
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: no process of the same uid may read this one's memory or
+    /proc/<pid>/environ (where TRAINYARD_AGENT_TOKEN may be), nor attach a debugger to it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def run(args: argparse.Namespace) -> int:
+    _not_dumpable()
     settings = _settings(args.api)
     from agent.daemon import AlreadyRunning
+    from agent.sandbox import LaunchRefused
 
     try:
         asyncio.run(_serve(settings))
-    except AlreadyRunning as error:
+    except (AlreadyRunning, LaunchRefused) as error:
         print(f"trainyard-agent: {error}", file=sys.stderr)
         return 1
     return 0

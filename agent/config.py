@@ -4,11 +4,14 @@ Nothing else in `agent/` reads the environment. The agent token comes from `TRAI
 or from the file named by `TRAINYARD_AGENT_TOKEN_FILE`, never from a command line.
 """
 
+import ipaddress
 import os
+import pwd
 import stat
 import sys
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +68,23 @@ class AgentSettings(BaseSettings):
         min_length=1,
         description="The machine's Python for runs without requirements.txt (readable by TRAINYARD_RUN_AS).",
     )
+    allow_unsafe_run_user: bool = Field(
+        default=False,
+        description="Let packages run as root or as the agent's own user without a sandbox: they can then "
+        "read the agent's token. Only for a disposable machine or container.",
+    )
+    sandbox: Literal["none", "bwrap"] = Field(
+        default="none", description="bwrap: each run in a bubblewrap sandbox (agent/sandbox.py)."
+    )
+    sandbox_network: bool = Field(default=False, description="Whether a sandboxed run may use the network.")
+    run_memory_bytes: int | None = Field(default=None, ge=64 * 1024 * 1024, description="RLIMIT_AS of a run.")
+    run_cpu_seconds: int | None = Field(default=None, ge=1, description="RLIMIT_CPU of each run process.")
+    run_max_processes: int | None = Field(
+        default=None, ge=8, description="RLIMIT_NPROC: processes of the run user, all its runs together."
+    )
+    allow_insecure_http: bool = Field(
+        default=False, description="Send the agent token over plain http:// to a host other than loopback."
+    )
     agent_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     package_venvs: bool = Field(
         default=True,
@@ -107,9 +127,65 @@ class AgentSettings(BaseSettings):
             raise ValueError(
                 "TRAINYARD_RUN_AS is required when the agent runs as root: packages never run as root"
             )
+        self._check_run_user()
+        self._check_transport()
         if self.retry_max < self.retry_initial:
             raise ValueError("TRAINYARD_RETRY_MAX must be at least TRAINYARD_RETRY_INITIAL")
         return self
+
+    def _check_run_user(self) -> None:
+        """Packages never share a uid with the agent, nor run as root, unless a sandbox hides the
+        agent from them (same uid) or the settings accept the risk in so many words."""
+        if self.run_as is None:
+            uid = os.geteuid()
+        else:
+            try:
+                entry = pwd.getpwuid(int(self.run_as)) if self.run_as.isdigit() else pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise ValueError(f"TRAINYARD_RUN_AS names no user on this machine: {self.run_as!r}") from None
+            uid = entry.pw_uid
+        if self.allow_unsafe_run_user:
+            return
+        if uid == 0:
+            raise ValueError(
+                "TRAINYARD_RUN_AS is root: a package would own the machine and read the agent's token. "
+                "Name an unprivileged user (e.g. `useradd --system trainyard-run`), or set "
+                "TRAINYARD_ALLOW_UNSAFE_RUN_USER=true for a disposable container"
+            )
+        if uid != os.geteuid():
+            if not _is_root():
+                raise ValueError(
+                    "TRAINYARD_RUN_AS names another user, and only an agent running as root can start "
+                    "processes as another user: run the agent as root, or leave TRAINYARD_RUN_AS unset "
+                    "and turn on TRAINYARD_SANDBOX=bwrap"
+                )
+            return
+        if self.sandbox == "none":
+            raise ValueError(
+                "packages would run as the agent's own user and could read its token "
+                "(/proc/<agent>/environ, the token file, the work dir's state). Run the agent as root "
+                "with TRAINYARD_RUN_AS=<an unprivileged user>, or turn on TRAINYARD_SANDBOX=bwrap "
+                "(bubblewrap), or set TRAINYARD_ALLOW_UNSAFE_RUN_USER=true for a machine of your own"
+            )
+
+    def _check_transport(self) -> None:
+        """The token goes in every request's header: never in clear text over a real network."""
+        parts = urlsplit(self.api_url)
+        if parts.scheme != "http" or self.allow_insecure_http:
+            return
+        host = (parts.hostname or "").lower()
+        if host == "localhost" or host.endswith(".localhost"):
+            return
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+        raise ValueError(
+            f"TRAINYARD_API_URL is plain http:// to {host}: the agent token would cross the network in "
+            "clear text. Use https:// (docs/deployment.md puts TLS in front of the API), or set "
+            "TRAINYARD_ALLOW_INSECURE_HTTP=true on a network you trust"
+        )
 
     def token(self) -> str:
         """The agent token, for the `Authorization` header only."""

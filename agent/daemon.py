@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import uuid
@@ -36,6 +37,7 @@ from agent.executor import (
     install_runtime,
 )
 from agent.gpus import GpuPool, discover
+from agent.sandbox import Launcher, LaunchRefused, Limits, describe_python, interpreter_folders, preflight
 from agent.telemetry import RunTelemetry
 from agent.workdir import BlobCache, RunFolder
 from shared.enums import CommandKind, CommandState, ReasonCode
@@ -136,8 +138,7 @@ class Agent:
         try:
             self.states.ensure()
             self.machine.runner = await asyncio.to_thread(install_runtime, work_dir)
-            if self.machine.run_user is None and os.geteuid() == 0:
-                logger.warning("packages run as root (TRAINYARD_RUN_AS=root): only in a disposable container")
+            await self.prepare_launches()
             for state in self.states.unfinished():
                 logger.info("run %s: re-adopting it (%s)", state.run_id, state.phase)
                 self._take(state)
@@ -152,6 +153,48 @@ class Agent:
                 loop.remove_signal_handler(signum)
             await self._detach_runs()
             pid_file.release()
+
+    async def prepare_launches(self) -> None:
+        """Learn what the run interpreter is, set up how runs are launched, and launch the probe the
+        same way: an agent whose packages could never start refuses to start (LaunchRefused)."""
+        settings, machine = self.settings, self.machine
+        sandbox = settings.sandbox == "bwrap"
+        if sandbox:
+            for program in ("bwrap", *(("setpriv",) if os.geteuid() == 0 else ())):
+                if shutil.which(program) is None:
+                    raise LaunchRefused(
+                        f"TRAINYARD_SANDBOX=bwrap needs {program}, which is not installed "
+                        "(Debian: apt-get install bubblewrap util-linux)"
+                    )
+        machine.interpreter = await describe_python(settings.run_python)
+        user = machine.run_user
+        machine.launcher = Launcher(
+            uid=user.uid if user else None,
+            gid=user.gid if user else None,
+            sandbox=sandbox,
+            network=settings.sandbox_network,
+            limits=Limits(settings.run_memory_bytes, settings.run_cpu_seconds, settings.run_max_processes),
+            readable=interpreter_folders(machine.interpreter),
+            hidden=tuple(str(p) for p in (settings.agent_token_file,) if p is not None),
+            bwrap=shutil.which("bwrap") or "bwrap",
+        )
+        name = user.name if user else "(the agent's own user)"
+        work_dir = Path(settings.agent_work_dir)
+        await preflight(machine.launcher, settings.run_python, machine.runner, work_dir, name)
+        if user is None and os.geteuid() == 0:
+            logger.warning("packages run as root (TRAINYARD_ALLOW_UNSAFE_RUN_USER): for throwaway machines")
+        elif user is None and not sandbox:
+            logger.warning(
+                "packages run as the agent's own user without a sandbox (TRAINYARD_ALLOW_UNSAFE_RUN_USER): "
+                "a package can read the agent's token"
+            )
+        logger.info(
+            "runs: as %s, %s, Python %s (%s)",
+            name,
+            "in a bubblewrap sandbox" if sandbox else "without a sandbox",
+            machine.interpreter.get("version"),
+            settings.run_python,
+        )
 
     def detach(self) -> None:
         """SIGTERM: leave; runs go on, and the next start re-adopts them."""

@@ -67,15 +67,27 @@ def requirements_hash(package_dir: Path) -> str | None:
         return None  # nothing was built for it
 
 
-async def python_for(package_dir: Path, work_dir: Path, *, venvs: bool = True) -> Path:
+async def python_for(
+    package_dir: Path,
+    work_dir: Path,
+    *,
+    venvs: bool = True,
+    base: str | None = None,
+    outer: list[str] | None = None,
+) -> Path:
     """The interpreter for a run of the package unpacked in `package_dir`, building its environment
-    under `work_dir/envs` when the package has a `requirements.txt` (and `venvs` is on)."""
+    under `work_dir/envs` when the package has a `requirements.txt` (and `venvs` is on).
+
+    `base` is the run interpreter (`TRAINYARD_RUN_PYTHON`) the environment is made from, and `outer`
+    the site-packages of the virtual environment it belongs to, if any (agent/sandbox.py's probe);
+    without them, the agent's own Python."""
+    python = Path(base) if base is not None else Path(sys.executable)
     if not venvs:
-        return Path(sys.executable)
+        return python
     try:
         content = await asyncio.to_thread(_read_requirements, Path(package_dir) / REQUIREMENTS)
     except FileNotFoundError:
-        return Path(sys.executable)
+        return python
     try:
         lines = check_requirements(content.decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -87,7 +99,7 @@ async def python_for(package_dir: Path, work_dir: Path, *, venvs: bool = True) -
     final = envs / key
     async with _in_process_lock(envs, key), _file_lock(envs, key):
         if not await asyncio.to_thread(_is_whole, final):
-            await _build(envs, final, key, lines)
+            await _build(envs, final, key, lines, base, outer)
         await asyncio.to_thread(_touch, final / LAST_USED)
     return final / "bin" / "python"
 
@@ -195,14 +207,20 @@ def _clear_temporaries(envs: Path, key: str) -> None:
         _remove(entry)
 
 
-async def _build(envs: Path, final: Path, key: str, lines: list[str]) -> None:
+async def _build(
+    envs: Path, final: Path, key: str, lines: list[str], base: str | None, outer: list[str] | None
+) -> None:
     """Make the environment under a temporary name, install into it, rename it into place."""
     await asyncio.to_thread(_clear_temporaries, envs, key)
     temporary = envs / f".{key}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     try:
-        await asyncio.to_thread(_create, temporary, lines)
+        if base is None:
+            outer = _outer_site_packages()
+            await asyncio.to_thread(_create, temporary, lines)
+        else:
+            await _create_from(base, temporary, lines, outer or [])
         await _pip_install(temporary)
-        await asyncio.to_thread(_finish, temporary, final, key)
+        await asyncio.to_thread(_finish, temporary, final, key, base or sys.executable, outer or [])
     finally:
         await asyncio.to_thread(_remove, temporary)
 
@@ -248,6 +266,58 @@ def _create(temporary: Path, lines: list[str]) -> None:
     # ensurepip only when it has none.
     _Builder(outer, with_pip=importlib.util.find_spec("pip") is None).create(temporary)
     (temporary / REQUIREMENTS).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+async def _create_from(base: str, temporary: Path, lines: list[str], outer: list[str]) -> None:
+    """The environment made by the run interpreter itself (`base -m venv`), so that it runs wherever
+    that interpreter runs (as the run user, in the sandbox), whatever Python the agent has."""
+    process = await asyncio.create_subprocess_exec(
+        base,
+        "-I",
+        "-m",
+        "venv",
+        "--system-site-packages",
+        "--symlinks",
+        "--without-pip",
+        str(temporary),
+        env=_pip_environment(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise EnvironmentBuildFailed(
+            f"{base} -m venv failed (exit code {process.returncode})", detail=_tail(output)
+        )
+    await asyncio.to_thread(_add_outer, temporary, outer)
+    python = str(temporary / "bin" / "python")
+    # Without a pip of the machine's Python's own, ensurepip brings one into the environment.
+    has_pip = await _exit_code(python, "-c", "import pip") == 0
+    if not has_pip and await _exit_code(python, "-m", "ensurepip", "--default-pip") != 0:
+        raise EnvironmentBuildFailed(f"{base} has no pip, and ensurepip could not install one")
+    (temporary / REQUIREMENTS).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+async def _exit_code(*command: str) -> int:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=_pip_environment(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await process.wait()
+
+
+def _add_outer(environment: Path, outer: list[str]) -> None:
+    if not outer:
+        return
+    found = sorted(environment.glob("lib/python*/site-packages"))
+    if not found:
+        raise EnvironmentBuildFailed(f"the new environment {environment} has no site-packages")
+    lines = "".join(f"import site; site.addsitedir({folder!r})\n" for folder in outer)
+    (found[0] / "_trainyard_outer_site.pth").write_text(lines, encoding="utf-8")
 
 
 def _pip_environment() -> dict[str, str]:
@@ -297,7 +367,7 @@ def _tail(output: bytes) -> str:
     return text or "pip printed nothing"
 
 
-def _finish(temporary: Path, final: Path, key: str) -> None:
+def _finish(temporary: Path, final: Path, key: str, base: str, outer: list[str]) -> None:
     """Point scripts at the final name, write the marker, rename into place."""
     old, new = str(temporary).encode(), str(final).encode()
     for path in [temporary / "pyvenv.cfg", *(temporary / "bin").iterdir()]:
@@ -309,9 +379,8 @@ def _finish(temporary: Path, final: Path, key: str) -> None:
             path.write_bytes(content.replace(old, new))
     record = {
         "requirements_sha256": key,
-        "python": sys.version,
-        "base_executable": getattr(sys, "_base_executable", sys.executable),
-        "outer_site_packages": _outer_site_packages(),
+        "base_executable": base,
+        "outer_site_packages": outer,
         "built_at": time.time(),
     }
     (temporary / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from agent.config import AgentSettings
 from agent.environments import EnvironmentBuildFailed, python_for
 from agent.gpus import GpuPool, visible_devices
 from agent.runtime.runner import descendants
+from agent.sandbox import Launcher
 from agent.workdir import BlobCache, RunFolder, open_run_file, prepare_run, run_folder
 from shared.enums import PipelineType, ReasonCode
 from shared.protocol import (
@@ -61,6 +63,10 @@ KILL_MARGIN_SECONDS = 10.0
 STDERR_TAIL_BYTES = 8 * 1024
 MAX_OUTCOME_BYTES = 64 * 1024 * 1024  # a larger outcome.json is not the runner's: no outcome
 _NO_UPLOAD = frozenset({"__pycache__", ".ipynb_checkpoints"})
+# A launch that fails with one of these fails the same way every time: the run ends at once.
+PERMANENT_LAUNCH_ERRORS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ENOEXEC, errno.ELOOP, errno.EISDIR}
+)
 
 
 class RunTelemetryLike(Protocol):
@@ -219,6 +225,9 @@ class Machine:
     run_user: RunUser | None
     python: str = sys.executable
     telemetry: TelemetryFactory | None = None
+    launcher: Launcher = field(default_factory=lambda: Launcher(uid=None, gid=None))
+    # What TRAINYARD_RUN_PYTHON is (agent/sandbox.py's probe): package environments are built from it.
+    interpreter: dict[str, Any] = field(default_factory=dict)
 
 
 class RunRefused(Exception):
@@ -267,9 +276,23 @@ class Execution:
         pid = self.state.pid
         if self.state.phase != "launched" or pid is None or not self._alive():
             return
-        logger.info("run %s: %s to its runner (pid %d)", self.run_id, signal.Signals(signum).name, pid)
+        target = self._runner_pid(pid)
+        logger.info("run %s: %s to its runner (pid %d)", self.run_id, signal.Signals(signum).name, target)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+            os.kill(target, signum)
+
+    def _runner_pid(self, pid: int) -> int:
+        """The runner itself: `pid` unless it is the sandbox that holds it (bubblewrap forwards no
+        signal), then the runner found below it."""
+        if not self.machine.launcher.sandbox:
+            return pid
+        wanted = f"\0--run\0{self.run_id}".encode()
+        for below in descendants(pid):
+            with contextlib.suppress(OSError), open(f"/proc/{below}/cmdline", "rb") as file:
+                cmdline = file.read()
+                if wanted in cmdline and b"runner.py" in cmdline and b"--child" not in cmdline:
+                    return below
+        return pid
 
     def _kill_everything(self) -> None:
         """The runner did not finish within its grace: SIGKILL it and every process below it."""
@@ -368,7 +391,11 @@ class Execution:
         if not self.payload.package_has_requirements:
             return machine.python
         python = await python_for(
-            folder.package, Path(machine.settings.agent_work_dir), venvs=machine.settings.package_venvs
+            folder.package,
+            Path(machine.settings.agent_work_dir),
+            venvs=machine.settings.package_venvs,
+            base=machine.python,
+            outer=machine.interpreter.get("outer_site_packages") or [],
         )
         return str(python)
 
@@ -422,7 +449,7 @@ class Execution:
         return env
 
     async def _launch(self, python: str) -> None:
-        folder, user = self.folder, self.machine.run_user
+        folder = self.folder
         orphan = find_runner(self.run_id)
         if orphan is not None:  # launched just before the agent died, before it could note the pid
             logger.info("run %s: adopting its runner (pid %d)", self.run_id, orphan)
@@ -431,22 +458,38 @@ class Execution:
         env = self.environment(python)
         # The supervisor's own words; the package's go to stdout.log and stderr.log.
         log = await asyncio.to_thread(self._write_run_files, Path(env["TRAINYARD_PARAMETERS_FILE"]))
+        launcher = self.machine.launcher
+        runner = self.machine.runner
+        command = launcher.command(
+            [python, str(runner), "--run", str(self.run_id)],
+            cwd=folder.package,
+            writable=[folder.root],
+            readonly=[runner.parent, Path(python).parent.parent],
+        )
+        uid, gid = launcher.spawn_user()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                python,
-                str(self.machine.runner),
-                "--run",
-                str(self.run_id),
+                *command,
                 cwd=folder.package,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # its own session: the agent's signals and death do not reach it
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=[] if user else None,
+                user=uid,
+                group=gid,
+                extra_groups=[] if uid is not None else None,
+                preexec_fn=launcher.preexec(),
             )
+        except OSError as error:
+            if error.errno not in PERMANENT_LAUNCH_ERRORS:
+                raise  # out of processes, of memory...: the daemon tries again
+            raise RunRefused(
+                ReasonCode.MACHINE_REFUSED,
+                f"the run could not be launched: {command[0]}: {error.strerror or error}. This machine's "
+                "agent is misconfigured (TRAINYARD_RUN_AS, TRAINYARD_RUN_PYTHON, TRAINYARD_SANDBOX); "
+                "no retry can succeed",
+            ) from error
         finally:
             log.close()
         self._launched(self._process.pid, time.time())

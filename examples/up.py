@@ -10,8 +10,9 @@
 3. The machine `local`, registered if missing; its agent token in `DATA/agent_token` (mode 600). A
    machine whose token file was lost gets a new token (rotate-token).
 4. `trainyard-agent run` with that token file and its work dir in `DATA/agent`, logging to
-   `DATA/logs/agent.log`. As root, packages run as root too (`TRAINYARD_RUN_AS=root`, with a warning):
-   this is a one-machine demo; a real target machine runs them as a user of their own.
+   `DATA/logs/agent.log`. Packages never run as the agent's user nor as root (`run_settings`): as
+   root, as the unprivileged `trainyard-run` (made if missing) in a bubblewrap sandbox; otherwise in
+   the sandbox as you. Without bubblewrap it refuses, saying how to go on.
 5. `examples/demo.py` (not with `--no-demo`), then either waits for Ctrl-C (or SIGTERM) and stops the
    agent and the API, or with `--exit-after-demo` stops them at once and exits with the demo's status.
 
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +142,17 @@ def machine_token(client: httpx.Client, token_file: Path) -> None:
     _write_secret(token_file, response.json()["agent_token"])
 
 
+# What a person may set for the agent's runs; every other TRAINYARD_ variable stays the API's.
+RUN_SETTINGS = (
+    "TRAINYARD_RUN_AS",
+    "TRAINYARD_RUN_PYTHON",
+    "TRAINYARD_SANDBOX",
+    "TRAINYARD_SANDBOX_NETWORK",
+    "TRAINYARD_ALLOW_UNSAFE_RUN_USER",
+)
+RUN_USER = "trainyard-run"
+
+
 def agent_env(url: str, data_dir: Path, token_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(
@@ -146,13 +160,36 @@ def agent_env(url: str, data_dir: Path, token_file: Path) -> dict[str, str]:
         TRAINYARD_AGENT_TOKEN_FILE=str(token_file),
         TRAINYARD_AGENT_WORK_DIR=str(data_dir / "agent"),
     )
-    if os.geteuid() == 0:
-        print(
-            "warning: running as root, so the demo's packages run as root (TRAINYARD_RUN_AS=root); "
-            "on a shared machine, run `make up` as an ordinary user"
-        )
-        env["TRAINYARD_RUN_AS"] = os.environ.get("TRAINYARD_RUN_AS") or "root"
+    env.update(run_settings())
     return env
+
+
+def run_settings() -> dict[str, str]:
+    """Packages never run as the agent's user nor as root: as root, `make up` runs them as the
+    unprivileged `trainyard-run` (made if missing) in a bubblewrap sandbox, which also shows that user
+    this machine's Python wherever it lives; as anyone else, in the sandbox as yourself, where they
+    see neither the agent's processes nor its files. Settings of your own are kept as they are."""
+    chosen = {name: os.environ[name] for name in RUN_SETTINGS if os.environ.get(name)}
+    if chosen:
+        return chosen
+    if shutil.which("bwrap") is None:
+        who = "root" if os.geteuid() == 0 else "you"
+        raise UpError(
+            "the demo's packages run in a bubblewrap sandbox, and bubblewrap is not installed: "
+            "`apt-get install bubblewrap` (Debian, Ubuntu), or accept that they run as "
+            f"{who}, able to read the agent's token, with TRAINYARD_ALLOW_UNSAFE_RUN_USER=true"
+        )
+    if os.geteuid() != 0:
+        return {"TRAINYARD_SANDBOX": "bwrap"}
+    try:
+        pwd.getpwnam(RUN_USER)
+    except KeyError:
+        command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_USER]
+        made = subprocess.run(command, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            raise UpError(f"could not make the user {RUN_USER} for packages: {made.stderr.strip()}") from None
+        print(f"made the unprivileged user {RUN_USER}, which the demo's packages run as")
+    return {"TRAINYARD_RUN_AS": RUN_USER, "TRAINYARD_SANDBOX": "bwrap"}
 
 
 @contextmanager

@@ -34,6 +34,7 @@ def settings(api_url: str, token: str, work_dir: Path) -> AgentSettings:
         retry_initial=0.05,
         retry_max=0.5,
         run_as="nobody",  # required when tests run as root; the shipper runs nothing
+        allow_insecure_http=True,  # the in-process app, or loopback: no network
     )
 
 

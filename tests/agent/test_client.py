@@ -48,6 +48,7 @@ def agent_settings(token: str, tmp_path: Path) -> AgentSettings:
         agent_token_file=None,
         agent_work_dir=tmp_path / "agent",
         run_as="nobody",
+        allow_insecure_http=True,  # the in-process app, or loopback: no network
         retry_initial=0.001,
         retry_max=0.002,
     )

@@ -17,7 +17,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TRAINYARD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("TRAINYARD_API_URL", "http://api.test:8000/")
+    monkeypatch.setenv("TRAINYARD_API_URL", "https://api.test:8000/")
+    # Not as root, packages run as the agent's user: allowed only in the sandbox (see the tests below).
+    monkeypatch.setenv("TRAINYARD_SANDBOX", "bwrap")
 
 
 def as_user(monkeypatch: pytest.MonkeyPatch, uid: int) -> None:
@@ -36,7 +38,7 @@ def test_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINYARD_AGENT_TOKEN", TOKEN)
     monkeypatch.setenv("TRAINYARD_AGENT_METRICS_PORT", "9100")
     settings = AgentSettings()
-    assert settings.api_url == "http://api.test:8000"
+    assert settings.api_url == "https://api.test:8000"
     assert settings.token() == TOKEN and TOKEN not in repr(settings)
     assert settings.stop_grace == 30 and settings.poll_wait == 30 and settings.agent_metrics_port == 9100
     assert (settings.retry_initial, settings.retry_max) == (0.5, 30)
@@ -86,9 +88,9 @@ def test_root_needs_run_as(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINYARD_RUN_AS", "  ")
     with pytest.raises(ValidationError, match="TRAINYARD_RUN_AS is required"):
         AgentSettings()
-    monkeypatch.setenv("TRAINYARD_RUN_AS", "trainer")
+    monkeypatch.setenv("TRAINYARD_RUN_AS", "nobody")
     settings = AgentSettings()
-    assert settings.run_as == "trainer"
+    assert settings.run_as == "nobody"
     assert settings.agent_work_dir == Path("/var/lib/trainyard-agent")
 
 
@@ -109,3 +111,53 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, variable: dict[
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         AgentSettings()
+
+
+def test_packages_never_share_the_agents_uid_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINYARD_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("TRAINYARD_SANDBOX", "none")
+    as_user(monkeypatch, 1000)  # an ordinary user: its packages would run as itself
+    with pytest.raises(ValidationError, match="could read its token"):
+        AgentSettings()
+    with pytest.raises(ValidationError, match="only an agent running as root"):
+        AgentSettings(run_as="nobody")
+    assert AgentSettings(sandbox="bwrap").run_as is None  # the sandbox hides the agent from them
+    assert AgentSettings(allow_unsafe_run_user=True).allow_unsafe_run_user  # accepted in so many words
+
+    as_user(monkeypatch, 0)
+    for root in ("root", "0"):
+        with pytest.raises(ValidationError, match="TRAINYARD_RUN_AS is root"):
+            AgentSettings(run_as=root)
+        with pytest.raises(ValidationError, match="TRAINYARD_RUN_AS is root"):
+            AgentSettings(run_as=root, sandbox="bwrap")  # root in a sandbox is still root
+        assert AgentSettings(run_as=root, allow_unsafe_run_user=True).run_as == root
+    with pytest.raises(ValidationError, match="names no user"):
+        AgentSettings(run_as="no-such-user-here")
+    assert AgentSettings(run_as="nobody").run_as == "nobody"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example:8000", True),
+        ("http://127.0.0.1:8000", True),
+        ("http://127.8.9.10", True),
+        ("http://localhost:8000", True),
+        ("http://[::1]:8000", True),
+        ("http://api.example:8000", False),
+        ("http://10.0.0.5", False),
+    ],
+)
+def test_the_token_never_crosses_a_network_in_clear_text(
+    monkeypatch: pytest.MonkeyPatch, url: str, allowed: bool
+) -> None:
+    as_user(monkeypatch, 1000)
+    monkeypatch.setenv("TRAINYARD_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("TRAINYARD_API_URL", url)
+    if allowed:
+        AgentSettings()
+        return
+    with pytest.raises(ValidationError, match="TRAINYARD_ALLOW_INSECURE_HTTP"):
+        AgentSettings()
+    monkeypatch.setenv("TRAINYARD_ALLOW_INSECURE_HTTP", "true")
+    assert AgentSettings().allow_insecure_http

@@ -77,9 +77,9 @@ def public_tempdir(prefix: str) -> Path:
 
 
 def run_as_user() -> str | None:
-    """As root, packages run as another user: root itself, explicitly, because this machine's Python
-    lives under /root, which no other user can reach (the token-secrecy test uses a real unprivileged
-    user with the system's Python)."""
+    """As root, packages run as root itself, explicitly (with TRAINYARD_ALLOW_UNSAFE_RUN_USER), because
+    this machine's Python lives under /root, which no other user can reach outside a sandbox (the
+    token-secrecy tests run a real unprivileged user: with the system's Python, and in the sandbox)."""
     return "root" if os.geteuid() == 0 else None
 
 
@@ -163,6 +163,10 @@ class Stack:
         run_as = run_as_user()
         if run_as is not None:
             env["TRAINYARD_RUN_AS"] = run_as
+        # Packages as the agent's own user or root: refused unless accepted in so many words. The suite
+        # accepts it (the machine's Python is under /root); tests/e2e/test_sandbox.py runs them as
+        # another user in the sandbox, and test_agent_machine.py as another user without one.
+        env["TRAINYARD_ALLOW_UNSAFE_RUN_USER"] = "true"
         env.update(extra)
         for name in drop:
             env.pop(name, None)
