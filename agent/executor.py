@@ -286,11 +286,9 @@ class Execution:
         signal), then the runner found below it."""
         if not self.machine.launcher.sandbox:
             return pid
-        wanted = f"\0--run\0{self.run_id}".encode()
         for below in descendants(pid):
             with contextlib.suppress(OSError), open(f"/proc/{below}/cmdline", "rb") as file:
-                cmdline = file.read()
-                if wanted in cmdline and b"runner.py" in cmdline and b"--child" not in cmdline:
+                if is_runner(file.read(), self.run_id):
                     return below
         return pid
 
@@ -710,12 +708,22 @@ def command_lines() -> Iterator[tuple[int, bytes]]:
             continue
 
 
+def is_runner(cmdline: bytes, run_id: uuid.UUID) -> bool:
+    """Whether `cmdline` is the runner of `run_id`: not its `--child`, nor the sandbox around it
+    (bubblewrap's processes carry the whole command line they run)."""
+    program = cmdline.split(b"\0", 1)[0]
+    return (
+        f"\0--run\0{run_id}".encode() in cmdline
+        and b"runner.py" in cmdline
+        and b"--child" not in cmdline
+        and not program.endswith((b"bwrap", b"setpriv"))
+    )
+
+
 def find_runner(run_id: uuid.UUID) -> int | None:
     """The pid of a live runner started for `run_id` (its command line names the run), if any."""
-    wanted = f"\0--run\0{run_id}".encode()
     for pid, cmdline in command_lines():
-        ours = wanted in cmdline and b"runner.py" in cmdline and b"--child" not in cmdline
-        if ours and process_start_time(pid) is not None:
+        if is_runner(cmdline, run_id) and process_start_time(pid) is not None:
             return pid
     return None
 

@@ -236,3 +236,26 @@ async def test_prune_removes_what_is_not_kept(tmp_path: Path, no_pip: list[Path]
     assert _entries(work_dir) == set()
     await python_for(kept, work_dir)  # and it builds again
     assert _entries(work_dir) == {kept_key}
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no system Python")
+async def test_the_environment_is_made_by_the_run_interpreter(tmp_path: Path) -> None:
+    """TRAINYARD_RUN_PYTHON, not the agent's Python, makes it: the run user can run what it can run.
+    Real pip: `pip` is on the system Python already, so nothing is downloaded."""
+    system = "/usr/bin/python3"
+    outer = tmp_path / "outer-site"
+    outer.mkdir()
+    (outer / "outer_marker.py").write_text("WHERE = 'outer'\n", encoding="utf-8")
+    package = _package(tmp_path / "package", "pip\n")
+    python = await python_for(package, tmp_path / "work", base=system, outer=[str(outer)])
+    assert python.parent.parent.name == requirements_hash(package)
+    answer = await asyncio.to_thread(
+        subprocess.run,
+        [str(python), "-c", "import sys, outer_marker; print(sys.base_prefix, outer_marker.WHERE)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert answer.stdout.split() == ["/usr", "outer"]  # not the agent's own base (pyenv here)
+    marker = json.loads((python.parent.parent / MARKER).read_text(encoding="utf-8"))
+    assert marker["base_executable"] == system and marker["outer_site_packages"] == [str(outer)]
