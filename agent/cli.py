@@ -50,7 +50,7 @@ async def _serve(settings: AgentSettings) -> None:
         await agent.run()
 
 
-def _not_dumpable() -> None:
+def not_dumpable() -> None:
     """PR_SET_DUMPABLE 0: no process of the same uid may read this one's memory or
     /proc/<pid>/environ (where TRAINYARD_AGENT_TOKEN may be), nor attach a debugger to it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -58,7 +58,7 @@ def _not_dumpable() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _not_dumpable()
+    not_dumpable()
     settings = _settings(args.api)
     from agent.daemon import AlreadyRunning
     from agent.sandbox import LaunchRefused

@@ -1,6 +1,7 @@
 """`trainyard-api migrate | serve [--host H] [--port P] [--workers N]`."""
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -58,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"trainyard-api: refusing to start: {problem}", file=sys.stderr)
         return 2
+    from api.bootstrap import not_dumpable, serve_without_bootstrap_token, use_bootstrap_token
+
+    not_dumpable()
+    if settings.bootstrap_token is not None:
+        if asyncio.run(use_bootstrap_token(settings)):
+            print("trainyard-api: created the administrator `admin` holding TRAINYARD_BOOTSTRAP_TOKEN")
+        serve_without_bootstrap_token(sys.argv[1:] if argv is None else argv)
     import uvicorn
 
     uvicorn.run(

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import __doc__ as description
-from api.access.catalogue import ensure_builtin_roles
+from api.access.login_gate import LoginGate
 from api.access.members_router import audit_router
 from api.access.members_router import router as members_router
 from api.access.router import roles_router, users_router
@@ -20,6 +20,7 @@ from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
 from api.auth_first import install_auth_first
 from api.blobs import LocalBlobStore
+from api.bootstrap import prepare_database
 from api.config import Settings
 from api.datasets.router import router as datasets_router
 from api.db import create_engine, create_sessionmaker, pg_conninfo
@@ -39,7 +40,6 @@ from api.processes.sweeper import Sweeper
 from api.projects.router import router as projects_router
 from api.prometheus import RequestMetrics
 from api.prometheus import router as prometheus_router
-from api.security import ensure_bootstrap_admin
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
@@ -71,22 +71,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         sessionmaker = create_sessionmaker(engine, notifier)
         token_key = settings.secret_key_bytes()
-        async with sessionmaker() as session:
-            await ensure_builtin_roles(session)
-            await session.commit()
-        if settings.bootstrap_token is not None:
-            async with sessionmaker() as session:
-                if await ensure_bootstrap_admin(
-                    session, token_key, settings.bootstrap_token.get_secret_value()
-                ):
-                    logger.info("created the administrator `admin` holding TRAINYARD_BOOTSTRAP_TOKEN")
-                await session.commit()
+        # `trainyard-api serve` uses the bootstrap token before it serves and drops it (api/bootstrap.py);
+        # an app made in process (tests, embedding) may still be handed one.
+        bootstrap = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
+        if await prepare_database(sessionmaker, token_key, bootstrap):
+            logger.info("created the administrator `admin` holding TRAINYARD_BOOTSTRAP_TOKEN")
         app.state.settings = settings
         app.state.engine = engine
         app.state.schema_heads = heads
         app.state.sessionmaker = sessionmaker
         app.state.notifier = notifier
         app.state.token_key = token_key
+        app.state.login_gate = LoginGate(settings)
         blobs = LocalBlobStore.in_data_dir(settings.data_dir)
         blobs.cleanup_temp(older_than_seconds=STALE_UPLOAD_SECONDS)  # scratch files of a crashed process
         app.state.blobs = blobs
