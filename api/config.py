@@ -3,6 +3,7 @@
 Nothing else in `api/` reads the environment.
 """
 
+import os
 import secrets
 from pathlib import Path
 from typing import Self
@@ -45,6 +46,16 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1)
 
+    # Logins (docs/auth.md): argon2 verifications at once, and a token bucket per client address and
+    # per username, in this process.
+    login_verify_concurrency: int | None = Field(
+        default=None, ge=1, description="argon2 verifications at once; default: the CPUs."
+    )
+    login_ip_burst: int = Field(default=30, ge=1, description="Logins one address may try at once.")
+    login_ip_per_minute: float = Field(default=30.0, gt=0, description="And then, per minute.")
+    login_name_burst: int = Field(default=20, ge=1, description="Logins to one username at once.")
+    login_name_per_minute: float = Field(default=10.0, gt=0, description="And then, per minute.")
+
     @field_validator("bootstrap_token")
     @classmethod
     def _bootstrap_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -82,6 +93,10 @@ class Settings(BaseSettings):
             max_file_bytes=self.max_archive_bytes,
             max_ratio=self.max_archive_ratio,
         )
+
+    @property
+    def login_verifications(self) -> int:
+        return self.login_verify_concurrency or os.cpu_count() or 1
 
     @property
     def is_sqlite(self) -> bool:

@@ -16,7 +16,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -67,6 +67,9 @@ class Permission(StrEnum):
     USERS_VIEW = "users.view"
     USERS_ADMIN = "users.admin"
     AUDIT_VIEW = "audit.view"
+    # Held by every user for their own tokens, not granted by roles: it only matters to a narrowed
+    # token, which may list, make and revoke its owner's tokens only if it names it (docs/auth.md).
+    TOKENS_MANAGE = "tokens.manage"
 
 
 ALL_PERMISSIONS = frozenset(Permission)
@@ -106,6 +109,8 @@ class Principal:
     # A narrowed token: only these of the user's permissions count. None: the token is not narrowed.
     scope: frozenset[Permission] | None = None
     token_id: uuid.UUID | None = None
+    # When the credential ends (None: never): what a token it makes may not outlive.
+    expires_at: datetime | None = None
 
     @property
     def machine_id(self) -> uuid.UUID:
@@ -123,6 +128,12 @@ class Principal:
         else:
             held = self.memberships.get(project_id, frozenset())
         return held if self.scope is None else held & self.scope
+
+    @property
+    def manages_own_tokens(self) -> bool:
+        """Whether this credential may list, make and revoke its owner's tokens: any user's, unless a
+        narrowed token that does not name `tokens.manage`."""
+        return self.kind == "user" and (self.scope is None or Permission.TOKENS_MANAGE in self.scope)
 
     def can(self, permission: Permission, project_id: uuid.UUID | None = None) -> bool:
         return permission in self.permissions_in(project_id)
@@ -216,6 +227,7 @@ async def _as_user(session: AsyncSession, digest: str) -> Principal | None:
         memberships=await _memberships(session, user.id),
         scope=None if api_token.permissions is None else known_permissions(api_token.permissions),
         token_id=api_token.id,
+        expires_at=api_token.expires_at,
     )
 
 
@@ -285,6 +297,18 @@ async def agent_for(session: AsyncSession, digest: str) -> Principal:
 
 # scope="function": the audit row is added before the session dependency commits.
 CurrentUser = Annotated[Principal, Depends(current_user, scope="function")]
+
+
+async def own_tokens_manager(principal: CurrentUser) -> Principal:
+    """The caller, on the routes of their own tokens: a narrowed token needs `tokens.manage` there, so a
+    token narrowed to, say, `processes.view` cannot list, make or revoke its owner's other tokens. Not a
+    route permission (no role grants it): the routes stay open to any signed-in user."""
+    if not principal.manages_own_tokens:
+        raise Forbidden("this token is narrowed and does not hold 'tokens.manage'", code="permission_denied")
+    return principal
+
+
+OwnTokensManager = Annotated[Principal, Depends(own_tokens_manager)]
 CurrentAgent = Annotated[Principal, Depends(current_agent)]
 
 

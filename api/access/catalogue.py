@@ -38,6 +38,10 @@ DESCRIPTIONS: dict[Permission, str] = {
         "anyone an administrator: grant it to administrators only"
     ),
     P.AUDIT_VIEW: "Audit trail - View (an administrator sees all; others the projects they hold it in)",
+    P.TOKENS_MANAGE: (
+        "Own API tokens - List, make and revoke them. Every user holds it; a narrowed token only if it "
+        "names it"
+    ),
 }
 
 # Permissions that concern the installation rather than one project; in a role held in any project
@@ -45,6 +49,8 @@ DESCRIPTIONS: dict[Permission, str] = {
 GLOBAL_PERMISSIONS = frozenset(
     {P.MACHINES_VIEW, P.MACHINES_ADMIN, P.MODEL_TYPES_VIEW, P.MODEL_TYPES_ADMIN, P.USERS_VIEW, P.USERS_ADMIN}
 )
+# Held by every user for themselves, never through a role: they narrow tokens only.
+TOKEN_PERMISSIONS = frozenset({P.TOKENS_MANAGE})
 
 _VIEWER = frozenset(
     {

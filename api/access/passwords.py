@@ -4,6 +4,7 @@ Hashing is deliberately slow, so it runs in a worker thread, off the event loop.
 they are HMACs (api/security.py).
 """
 
+import anyio
 import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,11 +19,15 @@ async def hash_password(password: str) -> str:
     return await anyio.to_thread.run_sync(_hasher.hash, password)
 
 
-async def verify_password(password_hash: str | None, password: str) -> bool:
+async def verify_password(
+    password_hash: str | None, password: str, limiter: anyio.CapacityLimiter | None = None
+) -> bool:
+    """`limiter`: the threads it may run on (default: anyio's shared pool)."""
+
     def verify() -> bool:
         try:
             return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
 
-    return await anyio.to_thread.run_sync(verify)
+    return await anyio.to_thread.run_sync(verify, limiter=limiter)

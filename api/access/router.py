@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
 from api.access import service
-from api.access.catalogue import DESCRIPTIONS, GLOBAL_PERMISSIONS
+from api.access.catalogue import DESCRIPTIONS, GLOBAL_PERMISSIONS, TOKEN_PERMISSIONS
 from api.access.schemas import (
     PermissionRead,
     RoleCreate,
@@ -85,7 +85,7 @@ async def list_permissions(_: CurrentUser) -> list[PermissionRead]:
         PermissionRead(
             name=p.value,
             description=DESCRIPTIONS[p],
-            scope="global" if p in GLOBAL_PERMISSIONS else "project",
+            scope="token" if p in TOKEN_PERMISSIONS else "global" if p in GLOBAL_PERMISSIONS else "project",
         )
         for p in Permission
     ]

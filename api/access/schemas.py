@@ -35,6 +35,12 @@ class UserUpdate(RequestModel):
     password: Password | None = None
     is_admin: bool | None = None
     enabled: bool | None = Field(default=None, description="A disabled user's tokens stop working at once.")
+    revoke_tokens: bool | None = Field(
+        default=None,
+        description="End every token of the user, API tokens included. None: true when an "
+        "administrator sets another user's password, false otherwise (a new password always ends the "
+        "user's login tokens).",
+    )
 
 
 class UserRead(ReadModel):
@@ -50,8 +56,9 @@ class UserRead(ReadModel):
 class PermissionRead(ReadModel):
     name: str
     description: str
-    scope: Literal["project", "global"] = Field(
-        description="`project`: applies in the projects where the role is held; `global`: everywhere."
+    scope: Literal["project", "global", "token"] = Field(
+        description="`project`: applies in the projects where the role is held; `global`: everywhere; "
+        "`token`: every user holds it for their own tokens, and only a narrowed token can lack it."
     )
 
 
@@ -91,7 +98,10 @@ class MemberRead(ReadModel):
 
 class TokenCreate(RequestModel):
     name: TokenName
-    expires_at: AwareDatetime | None = Field(default=None, description="None: valid until revoked.")
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="None: valid until revoked. Either way capped at the expiry of the token that makes it.",
+    )
     permissions: PermissionList | None = Field(
         default=None, description="Narrow the token to these of its owner's permissions; None: all of them."
     )

@@ -5,28 +5,24 @@ permission in it (in that project), and a token is narrowed within what its owne
 made it, may do.
 """
 
-import math
-import unicodedata
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.access import passwords
-from api.access.catalogue import sorted_values
-from api.access.schemas import RoleCreate, RoleUpdate, TokenCreate, UserCreate, UserUpdate
-from api.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthorized
-from api.models import ApiToken, AuditEvent, LoginFailures, ProjectMember, Role, User
-from api.models.base import utcnow
-from api.repository import add_named, dialect_insert, get_by_name
-from api.security import Permission, Principal, known_permissions, new_token, token_hmac
+from api.access.catalogue import TOKEN_PERMISSIONS, sorted_values
 
-LOGIN_TOKEN_LIFETIME = timedelta(hours=8)
-LOGIN_FAILURE_WINDOW = timedelta(minutes=15)
-MAX_LOGIN_FAILURES = 10
+# The sweeper's, kept importable from here; logins live in api/access/login.py.
+from api.access.login import forget_ended_login_failures as forget_ended_login_failures
+from api.access.schemas import RoleCreate, RoleUpdate, TokenCreate, UserCreate, UserUpdate
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.models import ApiToken, ProjectMember, Role, User
+from api.models.base import utcnow
+from api.repository import add_named, get_by_name
+from api.security import Permission, Principal, known_permissions, new_token, token_hmac
 
 
 def parse_permissions(values: Iterable[str], field: str = "permissions") -> frozenset[Permission]:
@@ -93,8 +89,17 @@ async def update_user(session: AsyncSession, name: str, data: UserUpdate, by: Pr
         user.enabled = data.enabled
     if data.password is not None:
         user.password_hash = await passwords.hash_password(data.password)
-        await _revoke_login_tokens(session, user.id)
+    # The user's row is written first: a login that verified the old password locks it before it
+    # adds its token (api/access/login.py), so the revocation below sees that token or the login
+    # sees the new password.
     await session.flush()
+    revoke_all = data.revoke_tokens
+    if revoke_all is None:  # by default, an administrator's reset of someone else's password
+        revoke_all = data.password is not None and by.id != user.id
+    if revoke_all:
+        await revoke_tokens(session, user.id)
+    elif data.password is not None:
+        await revoke_tokens(session, user.id, kind="login")
     return user
 
 
@@ -115,20 +120,23 @@ async def change_password(session: AsyncSession, principal: Principal, current: 
             "the current password is not right", code="invalid_credentials", field="current_password"
         )
     user.password_hash = await passwords.hash_password(new)
-    await _revoke_login_tokens(session, user.id, keep=principal.token_id)
     await session.flush()
+    await revoke_tokens(session, user.id, kind="login", keep=principal.token_id)
 
 
-async def _revoke_login_tokens(
-    session: AsyncSession, user_id: uuid.UUID, keep: uuid.UUID | None = None
+async def revoke_tokens(
+    session: AsyncSession, user_id: uuid.UUID, kind: str | None = None, keep: uuid.UUID | None = None
 ) -> None:
-    """A new password ends the sessions the old one opened (API tokens stay: bots hold them)."""
-    statement = select(ApiToken).where(
-        ApiToken.user_id == user_id, ApiToken.kind == "login", ApiToken.revoked_at.is_(None)
+    """End the user's tokens (of one kind, and all but `keep`) at once, by one UPDATE: a new password
+    ends the sessions the old one opened, and an administrator's reset can end every token."""
+    statement = update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+    if kind is not None:
+        statement = statement.where(ApiToken.kind == kind)
+    if keep is not None:
+        statement = statement.where(ApiToken.id != keep)
+    await session.execute(
+        statement.values(revoked_at=utcnow()), execution_options={"synchronize_session": False}
     )
-    for token in await session.scalars(statement):
-        if token.id != keep:
-            token.revoked_at = utcnow()
 
 
 # Roles
@@ -234,22 +242,23 @@ async def create_token(
     by: Principal,
     owner_principal: Principal,
 ) -> tuple[ApiToken, str]:
-    """A token for `owner`, made by `by` (the owner, or an administrator for a bot)."""
+    """A token for `owner`, made by `by` (the owner, or an administrator for a bot). It never outlives
+    nor out-permits the token that made it: its expiry is capped at the maker's, and a narrowed maker
+    makes only tokens narrowed within its own narrowing."""
     now = utcnow()
     if data.expires_at is not None and data.expires_at <= now:
         raise InvalidInput("the expiry is in the past", code="expiry_in_past", field="expires_at")
     scope: frozenset[Permission] | None = None
     if data.permissions is not None:
         scope = parse_permissions(data.permissions)
-        not_held = scope - owner_principal.permissions_in()
+        not_held = scope - owner_principal.permissions_in() - TOKEN_PERMISSIONS
         if not_held:
             raise InvalidInput(
                 f"{owner.name!r} does not hold {sorted(p.value for p in not_held)[0]!r}",
                 code="permission_not_held",
                 field="permissions",
             )
-    if by.id == owner.id and by.scope is not None:
-        # A narrowed token makes only tokens as narrow as itself.
+    if by.scope is not None:
         if scope is not None and not scope <= by.scope:
             raise InvalidInput(
                 "a narrowed token cannot make a token that may do more",
@@ -257,6 +266,9 @@ async def create_token(
                 field="permissions",
             )
         scope = by.scope if scope is None else scope
+    expires_at = data.expires_at
+    if by.expires_at is not None and (expires_at is None or expires_at > by.expires_at):
+        expires_at = by.expires_at  # capped, not refused: the answer shows the expiry it got
     token = new_token()
     row = ApiToken(
         user_id=owner.id,
@@ -264,7 +276,7 @@ async def create_token(
         kind="api",
         token_hmac=token_hmac(key, token),
         permissions=None if scope is None else sorted_values(scope),
-        expires_at=data.expires_at,
+        expires_at=expires_at,
     )
     session.add(row)
     await session.flush()
@@ -284,90 +296,3 @@ async def revoke_token(session: AsyncSession, user_id: uuid.UUID, token_id: uuid
     if token.revoked_at is None:
         token.revoked_at = utcnow()
     await session.flush()
-
-
-async def _count_login_failure(session: AsyncSession, name_key: str, now: datetime) -> None:
-    """One more failure for the name, committed although the request fails: one conditional upsert (a
-    new window when the last one ended), so concurrent guesses each count."""
-    await session.commit()  # only reads so far; the count gets a transaction of its own
-    expired = LoginFailures.window_started_at <= now - LOGIN_FAILURE_WINDOW
-    statement = (
-        dialect_insert(session)(LoginFailures)
-        .values(name_hmac=name_key, failures=1, window_started_at=now)
-        .on_conflict_do_update(
-            index_elements=["name_hmac"],
-            set_={
-                "failures": case((expired, 1), else_=LoginFailures.failures + 1),
-                "window_started_at": case((expired, now), else_=LoginFailures.window_started_at),
-            },
-        )
-    )
-    await session.execute(statement)
-    await session.commit()
-
-
-async def forget_ended_login_failures(session: AsyncSession, now: datetime) -> None:
-    """Drop the counts whose window has ended (the sweeper's, so guesses at random names do not pile
-    up rows): such a count would start again from one anyway."""
-    await session.execute(
-        delete(LoginFailures).where(LoginFailures.window_started_at <= now - LOGIN_FAILURE_WINDOW)
-    )
-
-
-async def login(
-    session: AsyncSession, key: bytes, username: str, password: str
-) -> tuple[User, ApiToken, str]:
-    """A short-lived token for a person's password. Every refusal reads the same and takes as long.
-
-    Guessing is bounded per username: after MAX_LOGIN_FAILURES wrong tries within LOGIN_FAILURE_WINDOW
-    the name is refused (429 `too_many_login_attempts`, even with the right password) until the
-    window ends; a success clears the count. Names that do not exist are counted alike, so the
-    refusal says nothing of whether a name exists."""
-    name = unicodedata.normalize("NFC", username)
-    name_key = token_hmac(key, f"login:{name}")
-    now = utcnow()
-    counted = await session.get(LoginFailures, name_key)
-    if counted is not None and counted.failures >= MAX_LOGIN_FAILURES:
-        ends = counted.window_started_at + LOGIN_FAILURE_WINDOW
-        if ends > now:
-            wait = math.ceil((ends - now).total_seconds())
-            raise TooManyRequests(
-                f"too many failed logins for this name; try again in {wait} s",
-                code="too_many_login_attempts",
-                retry_after=wait,
-            )
-    user = await session.scalar(select(User).where(User.name == name))
-    good = await passwords.verify_password(None if user is None else user.password_hash, password)
-    if user is None or not good or not user.enabled:
-        await _count_login_failure(session, name_key, now)
-        raise Unauthorized("the username or the password is not right", code="invalid_credentials")
-    if counted is not None:
-        await session.execute(delete(LoginFailures).where(LoginFailures.name_hmac == name_key))
-    # Sessions that ended are of no use to anyone: each login clears its user's.
-    await session.execute(
-        delete(ApiToken).where(
-            ApiToken.user_id == user.id, ApiToken.kind == "login", ApiToken.expires_at < now
-        )
-    )
-    token = new_token()
-    row = ApiToken(
-        user_id=user.id,
-        name="login",
-        kind="login",
-        token_hmac=token_hmac(key, token),
-        expires_at=now + LOGIN_TOKEN_LIFETIME,
-    )
-    session.add(row)
-    await session.flush()
-    session.add(
-        AuditEvent(
-            actor_kind="user",
-            actor_id=user.id,
-            actor_name=user.name,
-            token_id=row.id,
-            action="auth_login",
-            method="POST",
-            path="/api/v1/auth/login",
-        )
-    )
-    return user, row, token

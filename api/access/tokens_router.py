@@ -5,11 +5,13 @@ expiry and last use."""
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 
+from api.access import login as access_login
 from api.access import service
 from api.access.catalogue import sorted_values
+from api.access.login_gate import LoginGateDep
 from api.access.router import user_read
 from api.access.schemas import (
     LoginReply,
@@ -26,7 +28,7 @@ from api.deps import TokenKeyDep
 from api.errors import error_responses
 from api.models import ApiToken, Project, ProjectMember, Role, User
 from api.schemas import Page, PageDep, fetch_page
-from api.security import CurrentUser, Permission, Principal, requires, user_principal
+from api.security import CurrentUser, OwnTokensManager, Permission, Principal, requires, user_principal
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 tokens_router = APIRouter(tags=["tokens"], responses=error_responses(401, 403))
@@ -48,12 +50,16 @@ def token_read(token: ApiToken, owner: str) -> TokenRead:
 
 
 @auth_router.post("/login", operation_id="auth_login", responses=error_responses(401, 422, 429))
-async def login(data: LoginRequest, session: SessionDep, key: TokenKeyDep) -> LoginReply:
+async def login(
+    data: LoginRequest, request: Request, session: SessionDep, key: TokenKeyDep, gate: LoginGateDep
+) -> LoginReply:
     """Public. A username and password give a token good for 8 hours (401 `invalid_credentials` for a
     wrong name or password, a disabled user, or a bot, alike). After 10 failures for one name within 15
     minutes that name is refused until the 15 minutes end (429 `too_many_login_attempts`, with
-    `Retry-After`)."""
-    user, row, token = await service.login(session, key, data.username, data.password)
+    `Retry-After`). One address or one name trying too fast is refused for a while (429
+    `login_rate_limited`, with `Retry-After`)."""
+    address = request.client.host if request.client is not None else "unknown"
+    user, row, token = await access_login.login(session, key, gate, address, data.username, data.password)
     assert row.expires_at is not None
     return LoginReply(token=token, expires_at=row.expires_at, user=user_read(user))
 
@@ -131,22 +137,25 @@ async def _list(session: SessionDep, owner: User, page: PageDep) -> Page[TokenRe
     responses=error_responses(422),
 )
 async def create_own_token(
-    data: TokenCreate, session: SessionDep, key: TokenKeyDep, principal: CurrentUser
+    data: TokenCreate, session: SessionDep, key: TokenKeyDep, principal: OwnTokensManager
 ) -> TokenWithSecret:
-    """An API token for yourself, optionally expiring and narrowed to some of your permissions. The
-    answer holds the token, shown this once. Any signed-in user, for themselves."""
+    """An API token for yourself, optionally expiring and narrowed to some of your permissions; never
+    beyond the expiry nor the narrowing of the token that makes it (a later `expires_at` is capped at
+    its expiry). The answer holds the token, shown this once. Any signed-in user, for themselves; a
+    narrowed token only if it names `tokens.manage`."""
     return await _create(session, key, await session.get_one(User, principal.id), data, principal)
 
 
 @tokens_router.get("/tokens", operation_id="tokens_list")
-async def list_own_tokens(session: SessionDep, principal: CurrentUser, page: PageDep) -> Page[TokenRead]:
-    """Your tokens, revoked and expired ones too. Any signed-in user, for themselves."""
+async def list_own_tokens(session: SessionDep, principal: OwnTokensManager, page: PageDep) -> Page[TokenRead]:
+    """Your tokens, revoked and expired ones too. Any signed-in user, for themselves; a narrowed token
+    only if it names `tokens.manage`."""
     return await _list(session, await session.get_one(User, principal.id), page)
 
 
 @tokens_router.get("/tokens/{token_id}", operation_id="tokens_get", responses=error_responses(404))
-async def get_own_token(token_id: uuid.UUID, session: SessionDep, principal: CurrentUser) -> TokenRead:
-    """Any signed-in user, for themselves."""
+async def get_own_token(token_id: uuid.UUID, session: SessionDep, principal: OwnTokensManager) -> TokenRead:
+    """Any signed-in user, for themselves; a narrowed token only if it names `tokens.manage`."""
     return token_read(await service.get_token(session, principal.id, token_id), principal.name)
 
 
@@ -156,8 +165,9 @@ async def get_own_token(token_id: uuid.UUID, session: SessionDep, principal: Cur
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404),
 )
-async def revoke_own_token(token_id: uuid.UUID, session: SessionDep, principal: CurrentUser) -> Response:
-    """Revoke one of your tokens: it stops working at once. Any signed-in user, for themselves."""
+async def revoke_own_token(token_id: uuid.UUID, session: SessionDep, principal: OwnTokensManager) -> Response:
+    """Revoke one of your tokens: it stops working at once. Any signed-in user, for themselves; a
+    narrowed token only if it names `tokens.manage` (`/auth/logout` ends the token itself)."""
     await service.revoke_token(session, principal.id, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -155,7 +155,7 @@ async def test_a_narrowed_token_does_only_what_it_names(
 ) -> None:
     world = await make_world(client)
     await member_token(client, world.project, "bob", "trainer")
-    narrow = await token_for(client, "bob", permissions=["processes.view", "projects.view"])
+    narrow = await token_for(client, "bob", permissions=["processes.view", "projects.view", "tokens.manage"])
     async with as_user(app, narrow) as bob:
         ok(await bob.get(world.process_path))
         problem(await bob.post(f"{world.process_path}/start"), 403, "permission_denied")
@@ -165,7 +165,7 @@ async def test_a_narrowed_token_does_only_what_it_names(
         problem(await bob.post("/tokens", json=wider), 422, "permission_not_held")
         assert await dump() == before
         same = ok(await bob.post("/tokens", json={"name": "same"}), 201)  # as narrow as its maker
-        assert same["permissions"] == ["projects.view", "processes.view"]
+        assert same["permissions"] == ["projects.view", "processes.view", "tokens.manage"]
     problem(
         await client.post("/users/bob/tokens", json={"name": "x", "permissions": ["machines.admin"]}),
         422,
