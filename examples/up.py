@@ -197,7 +197,8 @@ def stack(data_dir: Path, host: str, port: int, token: str) -> Iterator[tuple[st
     """The API and the agent, running: the URL, and the two (agent first). Both stopped on the way
     out, the agent first."""
     logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)  # the programs' logs are for the person who runs them
+    os.chmod(logs, 0o700)
     env = dict(os.environ, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_BOOTSTRAP_TOKEN=token)
     with (logs / "api.log").open("ab") as sink:
         migrate = [*_command("trainyard-api", "api.cli"), "migrate"]
