@@ -42,7 +42,7 @@ from agent.environments import EnvironmentBuildFailed, python_for
 from agent.gpus import GpuPool, visible_devices
 from agent.runtime.runner import descendants
 from agent.sandbox import Launcher
-from agent.workdir import BlobCache, RunFolder, open_run_file, prepare_run, run_folder
+from agent.workdir import BlobCache, RunFolder, disk_full, open_run_file, prepare_run, run_folder
 from shared.enums import PipelineType, ReasonCode
 from shared.protocol import (
     ERROR_TAIL_MAX_CHARS,
@@ -626,6 +626,8 @@ class Execution:
         detail = str(outcome.get("detail") or "") if isinstance(outcome.get("detail"), str) else ""
         if not succeeded and not detail:
             detail = self._stderr_tail() or "the run ended without an outcome or any output on stderr"
+        if not succeeded and (full := disk_full(self.folder.root)) is not None:
+            detail = f"{detail}\n{full}"
         event = ExitedEvent(
             type="exited",
             exit_code=code,

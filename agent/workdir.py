@@ -332,6 +332,27 @@ def open_run_file(path: Path) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
+# Under this much free space a run's failure is put down to a full disk: its traceback, outcome and
+# logs may not have been written, so the run's detail says it in words (docs/telemetry.md). Not 0: by
+# the time the agent looks, the exited package has given back its spool's unused 4 MiB.
+DISK_FULL_BYTES = 16 * 1024 * 1024
+
+
+def disk_full(path: Path) -> str | None:
+    """A sentence saying the disk under `path` is full, or None when it has room (or cannot be read)."""
+    try:
+        found = os.statvfs(path)
+    except OSError:
+        return None
+    free = found.f_bavail * found.f_frsize
+    if free >= DISK_FULL_BYTES:
+        return None
+    return (
+        f"the disk is full: {free} bytes free under {path} (the agent's work dir), so the run's writes "
+        "(its checkpoints, outcome, logs, metrics) may have failed with 'No space left on device'"
+    )
+
+
 def run_folder(settings: AgentSettings, payload: StartRunPayload) -> RunFolder:
     """The paths of a run's working folder (nothing is created)."""
     root = Path(settings.agent_work_dir) / "runs" / str(payload.run_id)

@@ -17,7 +17,11 @@ import asyncio
 import contextlib
 import os
 import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.agent.test_telemetry import stored
 from tests.api.world import ok
@@ -142,3 +146,78 @@ async def test_connections_cut_and_stalled_at_random_moments_lose_and_duplicate_
             assert sum(proxy.made.values()) >= 20, seed
         finally:
             await proxy.close()
+
+
+CHECKPOINTS_UNTIL_FULL = package(
+    """
+    import os
+    from trainyard import report
+    from e2e_helpers import mark, wait_for
+
+
+    class Main:
+        def train(self, data_directory):
+            report(step=0, total_steps=2, loss=1.0)
+            mark("started")
+            wait_for("full")  # the test filled the disk under the work dir
+            report(step=1, total_steps=2, loss=0.5)
+            print("saving a checkpoint", flush=True)
+            with open("checkpoint.bin", "wb") as f:  # what a package does every epoch
+                f.write(os.urandom(1024 * 1024))
+
+        def save(self):
+            with open("model.txt", "w") as f:
+                f.write("weights")
+    """
+)
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` mounted on `folder`; the test is skipped where mounting is not permitted."""
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a tmpfs mount, not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """A file that takes every free byte of `folder`'s file system."""
+    filler = folder / "filler"
+    with filler.open("wb") as file, contextlib.suppress(OSError):
+        while True:
+            file.write(b"\0" * 65536)
+            file.flush()
+    with contextlib.suppress(OSError), filler.open("ab") as file:
+        while True:  # the last few bytes, one at a time
+            file.write(b"\0")
+            file.flush()
+    return filler
+
+
+async def test_a_full_disk_fails_the_run_saying_so_and_the_agent_carries_on_once_space_returns() -> None:
+    async with stack() as s:
+        with _small_disk(s.work_dir, "64m"):
+            marks = s.marks("full-disk")
+            process = await s.deploy(CHECKPOINTS_UNTIL_FULL, marks=marks)
+            _start_agent(s)
+            run = await s.start(process)
+            await wait_for_file(marks / "started", s)
+            filler = await asyncio.to_thread(_fill, s.work_dir)
+            (marks / "full").write_text("")
+            failed = await s.wait_run(run["id"], "failed", "succeeded", "stopped")
+            assert failed["status"] == "failed", (failed, s.logs())
+            assert "the disk is full" in failed["detail"], failed["detail"]
+            filler.unlink()  # space returns: the same agent takes the next run
+            again = await s.deploy(REPORTS_UNTIL_GO, marks=s.marks("after"))
+            (s.marks("after") / "go").write_text("")
+            run = await s.start(again)
+            await s.wait_succeeded(run["id"])
+            s.check_agents()
