@@ -272,10 +272,15 @@ async def withdraw_start(session: AsyncSession, run_id: uuid.UUID) -> bool:
 
 async def request_stop(
     session: AsyncSession, notifier: Notifier, run: Run, actor: Actor, reason: ReasonCode
-) -> Run:
-    """Stop a run: at once if no agent took its start yet, else `stopping` and a stop command."""
+) -> bool:
+    """Stop a run: at once if no agent took its start yet, else `stopping` and a stop command.
+
+    True if the run is stopped by this request or `stopping` (this stop, or an earlier one, is under
+    way); False if it had ended by itself meanwhile: there was nothing left to stop. Decided on the
+    run as the compare-and-set leaves it, never on the status read before it, so that of stops racing
+    an untaken start exactly one ends the run and the others see it ended, on every database."""
     if run.status == RunStatus.STARTING and await withdraw_start(session, run.id):
-        await end_run(
+        return await end_run(
             session,
             notifier,
             run,
@@ -284,7 +289,6 @@ async def request_stop(
             reason,
             "stopped before an agent took the start",
         )
-        return run
     now = utcnow()
     if await transition(
         session,
@@ -299,7 +303,8 @@ async def request_stop(
         await _queue_command(
             session, notifier, run, CommandKind.STOP_RUN, {"stop": stop.model_dump(mode="json")}
         )
-    return run
+        return True
+    return run.status == RunStatus.STOPPING
 
 
 async def end_run(

@@ -136,15 +136,37 @@ async def start_process(
 
 
 async def stop_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> Run:
+    """202 for the stop that moves the run and for a stop of a run already `stopping`; 409
+    `run_not_active` when no run is active, or when the run read as active ended before this stop's
+    compare-and-set (another stop, the agent's exit, a timeout)."""
     _require_enabled(process)
     run = await active_run(session, process)
-    if run is None:
+    if run is None or not await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP):
         raise Conflict("the process has no active run to stop", code="run_not_active")
-    return await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP)
+    return run
+
+
+async def _lock(session: AsyncSession, process: Process) -> None:
+    """Hold the process's row until the request commits (PostgreSQL; SQLite runs one request at a time
+    already), and read it afresh. The restart's first write was this row before, so the lock comes in
+    the same order as before against the agent's and the sweeper's moves."""
+    locked = await session.scalar(
+        select(Process)
+        .where(Process.id == process.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if locked is None:
+        raise NotFound(f"no process {process.id}: it was deleted", code="process_not_found")
 
 
 async def restart_process(session: AsyncSession, notifier: Notifier, process: Process, actor: Actor) -> bool:
-    """Start at once if nothing runs (True); else stop the active run and start when it has stopped."""
+    """Start at once if nothing runs (True); else stop the active run and start when it has stopped.
+
+    Restarts of one process queue for its row: each decides on what the one before it left (a run
+    stopped at once and replaced, or a restart pending), as on SQLite, so that the answers and the
+    runs made are the same on both databases."""
+    await _lock(session, process)
     _require_enabled(process)
     run = await active_run(session, process)
     if run is None:
