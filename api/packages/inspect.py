@@ -7,6 +7,7 @@ cannot run is refused at upload with a message that says why.
 
 import ast
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from api.errors import InvalidInput
 from shared.archive import ArchiveError, ArchiveLimits, inspect_zip, read_member
 from shared.names import InvalidName, check_parameter_name
+from shared.protocol import INT64_MAX, INT64_MIN
 from shared.requirements import (
     MAX_REQUIREMENTS_BYTES,
     TOO_LARGE,
@@ -213,7 +215,10 @@ def parse_declaration(raw: bytes) -> list[DeclaredParameter]:
         canonical = PARAMETER_TYPES[kind].__name__
         default = item.get("default")
         if default is not None and coerce_parameter(default, canonical) is None:
-            raise _refuse(f"{where}: the default of {name!r} is not a {canonical}", "invalid_parameters_json")
+            raise _refuse(
+                f"{where}: the default of {name!r} must be {PARAMETER_RULES[canonical]}",
+                "invalid_parameters_json",
+            )
         description = item.get("description", "")
         if not isinstance(description, str):
             raise _refuse(f"{where}: description must be text", "invalid_parameters_json")
@@ -226,14 +231,32 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# What each declared type takes, in the words of a refusal.
+PARAMETER_RULES = {
+    "int": "an integer within int64 (a JSON integer: not text, not a boolean, not 3.0)",
+    "float": "a finite number (a JSON number: not text, not a boolean)",
+    "str": "text",
+    "bool": "true or false",
+}
+
+
+def kind_of(value: Any) -> str | None:
+    """The parameter type a JSON value is, read strictly (a boolean is never a number), or None."""
+    for kind, python_type in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if isinstance(value, python_type):
+            return kind
+    return None
+
+
 def coerce_parameter(value: Any, kind: str) -> Any:
-    """The value as the declared type, or None when it is not one (booleans are never numbers)."""
-    if kind == "bool":
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
+    """The value as the declared type, or None when it is not strictly one: an int is a JSON integer
+    within int64, a float a finite JSON number (an integer within int64 becomes its float), a bool
+    true or false, a str text. Nothing is converted from text or from a boolean."""
+    given = kind_of(value)
+    if given == "int" and not INT64_MIN <= value <= INT64_MAX:
+        return None  # past what the run's int64 (and every other reader) holds; float() could overflow
+    if given == "float" and not math.isfinite(value):
         return None
-    if kind == "int":
-        return value if isinstance(value, int) else None
-    if kind == "float":
-        return float(value) if isinstance(value, int | float) else None
-    return value if isinstance(value, str) else None
+    if kind == "float" and given == "int":
+        return float(value)
+    return value if given == kind else None

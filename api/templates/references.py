@@ -15,7 +15,7 @@ from api.datasets import service as datasets
 from api.errors import InvalidInput
 from api.models import DatasetVersion, PackageVersion, Project, Template
 from api.packages import service as packages
-from api.packages.inspect import coerce_parameter
+from api.packages.inspect import PARAMETER_RULES, coerce_parameter, kind_of
 from shared.versions import Version
 
 
@@ -49,29 +49,35 @@ async def resolve_package(
 
 
 def check_parameters(version: PackageVersion | None, parameters: dict[str, Any]) -> dict[str, Any]:
-    """The parameters validated against the package's declaration, its defaults filled in. A package
-    that declares nothing (no parameters.json) takes any parameter."""
-    if version is None or version.declared_parameters is None:
-        return dict(parameters)
-    declared = {item["name"]: item for item in version.declared_parameters}
+    """The parameters validated strictly against the package's declaration, its defaults filled in
+    (`coerce_parameter`: no integer past int64, no text or boolean taken for a number). A package that
+    declares nothing (no parameters.json) takes any parameter, each held to the type its JSON has."""
+    declared = (
+        None
+        if version is None or version.declared_parameters is None
+        else {item["name"]: item for item in version.declared_parameters}
+    )
     checked: dict[str, Any] = {}
     for name, value in parameters.items():
-        if name not in declared:
+        if declared is not None and name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             raise InvalidInput(
                 f"parameter {name!r} is not declared by the package (it declares {known})",
                 code="unknown_parameter",
                 field=f"parameters.{name}",
             )
-        coerced = coerce_parameter(value, declared[name]["type"])
+        kind = kind_of(value) if declared is None else declared[name]["type"]
+        coerced = None if kind is None else coerce_parameter(value, kind)
         if coerced is None:
+            rule = PARAMETER_RULES.get(kind or "", "text, a number or a boolean")
             raise InvalidInput(
-                f"parameter {name!r} must be a {declared[name]['type']}",
+                f"parameter {name!r} must be {rule}"
+                + ("" if declared is None else f": the package declares it {kind}"),
                 code="invalid_parameter",
                 field=f"parameters.{name}",
             )
         checked[name] = coerced
-    for name, item in declared.items():
+    for name, item in (declared or {}).items():
         if name not in checked and item.get("default") is not None:
             checked[name] = item["default"]
     return checked

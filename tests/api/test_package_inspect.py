@@ -156,6 +156,10 @@ def test_a_default_of_the_wrong_type_is_refused(kind: str, default: Any) -> None
         ("", "str", ""),
         (True, "bool", True),
         (False, "bool", False),
+        (2**63 - 1, "int", 2**63 - 1),
+        (-(2**63), "int", -(2**63)),
+        (2**63 - 1, "float", float(2**63 - 1)),
+        (1e300, "float", 1e300),
     ],
 )
 def test_values_of_the_declared_type_are_taken(value: Any, kind: str, expected: Any) -> None:
@@ -179,6 +183,14 @@ def test_values_of_the_declared_type_are_taken(value: Any, kind: str, expected: 
         (3, "str"),
         (["a"], "str"),
         ({"a": 1}, "str"),
+        (10**30, "int"),  # strictly: a JSON integer within int64
+        (2**63, "int"),
+        (-(2**63) - 1, "int"),
+        (10**400, "float"),  # float() would overflow
+        (float("inf"), "float"),  # 1e400 as Python's JSON reader reads it
+        (float("nan"), "float"),
+        (3.0, "int"),
+        ("3", "float"),
     ],
 )
 def test_values_of_another_type_are_not(value: Any, kind: str) -> None:

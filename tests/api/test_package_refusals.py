@@ -171,6 +171,18 @@ REFUSED_ZIPS = {
         with_parameters([{"name": "epochs", "type": "int", "default": True}]),
         "invalid_parameters_json",
     ),
+    "params-int-default-past-int64": (
+        with_parameters('[{"name": "epochs", "type": "int", "default": 1000000000000000000000000000000}]'),
+        "invalid_parameters_json",
+    ),
+    "params-float-default-overflow": (
+        with_parameters('[{"name": "lr", "type": "float", "default": 1e400}]'),
+        "invalid_parameters_json",
+    ),
+    "params-float-default-huge-integer": (
+        with_parameters('[{"name": "lr", "type": "float", "default": 1' + "0" * 400 + "}]"),
+        "invalid_parameters_json",
+    ),
     "params-nan-default": (
         with_parameters('[{"name": "lr", "type": "float", "default": NaN}]'),
         "invalid_parameters_json",
