@@ -21,6 +21,13 @@ _PROBLEM = "#/components/schemas/Problem"
 HAND_PARSED_BODIES = (TelemetryBatch,)
 
 
+_JSON_BODY_ERRORS = {"400": "Malformed JSON (`malformed_json`)", "413": "Body too large (`body_too_large`)"}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _PROBLEM}}}}
+
+
 def _problem_content_only(response: dict[str, Any]) -> None:
     """FastAPI files a `responses=` model under application/json; errors are served as problem+json.
 
@@ -92,10 +99,12 @@ def install_openapi(app: FastAPI) -> None:
                 responses = operation.get("responses", {})
                 validation = responses.get("422", {}).get("content", {}).get("application/json", {})
                 if validation.get("schema", {}).get("$ref") == _DEFAULT_VALIDATION:
-                    responses["422"] = {
-                        "description": "Invalid input",
-                        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _PROBLEM}}},
-                    }
+                    responses["422"] = _problem_response("Invalid input")
+                if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                    # Any JSON body may be malformed or too large (api/limits.py): say so, so that
+                    # clients and schemathesis (tests/api/test_schemathesis.py) expect these answers.
+                    for status, description in _JSON_BODY_ERRORS.items():
+                        responses.setdefault(status, _problem_response(description))
                 for response in responses.values():
                     _problem_content_only(response)
                 permission = permissions.get(operation.get("operationId"))
