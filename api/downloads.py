@@ -41,7 +41,12 @@ def not_modified(sha256: str) -> Response:
 
 
 def attachment(filename: str) -> str:
-    """A `Content-Disposition` naming the file, in RFC 6266's form for any alphabet."""
+    """A `Content-Disposition` naming the file, in RFC 6266's form for any alphabet.
+
+    Always `attachment`: a file a package or a dataset brought (an `.html` artifact, an `.svg`) is
+    saved, never shown as a page of this origin. The name is the path's last part, without control
+    characters; every other byte is percent-encoded, so no name can end the header or add one."""
+    filename = "".join(c for c in filename.rpartition("/")[2] if c.isprintable()) or "download"
     encoded = quote(filename, safe="")
     if encoded == filename:
         return f'attachment; filename="{filename}"'
@@ -49,15 +54,24 @@ def attachment(filename: str) -> str:
 
 
 async def blob_response(
-    blobs: BlobStore, sha256: str, size: int, media_type: str, if_none_match: str | None
+    blobs: BlobStore,
+    sha256: str,
+    size: int,
+    media_type: str,
+    if_none_match: str | None,
+    *,
+    filename: str,
 ) -> Response:
-    """The blob streamed, or 304 when the client holds it already."""
+    """The blob streamed as an attachment named `filename`, or 304 when the client holds it already."""
     if etag_matches(if_none_match, sha256):
         return not_modified(sha256)
     chunks = await blobs.open(sha256)  # 404 `blob_not_found` now, before the status is sent
-    return StreamingResponse(
-        chunks, media_type=media_type, headers={"ETag": etag_of(sha256), "Content-Length": str(size)}
-    )
+    headers = {
+        "ETag": etag_of(sha256),
+        "Content-Length": str(size),
+        "Content-Disposition": attachment(filename),
+    }
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
 
 
 class ScratchFileResponse(StreamingResponse):

@@ -43,6 +43,7 @@ from api.prometheus import router as prometheus_router
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
+from api.transport import Transport
 
 logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -154,6 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_json_body_bytes,
         max_telemetry_bytes=settings.max_telemetry_body_bytes,
     )
+    # Outside the others: a refused secret in the URL or a flood of headers reaches nothing else, and
+    # every answer, theirs included, gets the transport's headers. Metrics still count it all.
+    app.add_middleware(Transport)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     install_auth_first(app)

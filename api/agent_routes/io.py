@@ -59,7 +59,12 @@ async def download_package(
     if version is None:
         raise NotFound("the run has no package", code="package_not_found")
     return await blob_response(
-        blobs, version.blob_sha256, version.size, "application/zip", request.headers.get("if-none-match")
+        blobs,
+        version.blob_sha256,
+        version.size,
+        "application/zip",
+        request.headers.get("if-none-match"),
+        filename=f"{version.blob_sha256}.zip",
     )
 
 
@@ -126,7 +131,12 @@ async def download_blob(
     if in_inputs is None:
         raise NotFound(f"blob {sha256} is not one of this run's inputs", code="blob_not_found")
     return await blob_response(
-        blobs, sha256, int(in_inputs), "application/octet-stream", request.headers.get("if-none-match")
+        blobs,
+        sha256,
+        int(in_inputs),
+        "application/octet-stream",
+        request.headers.get("if-none-match"),
+        filename=sha256,
     )
 
 

@@ -226,7 +226,9 @@ async def download_file(
     """One file of the version (a badcase image, say), with its sha256 as `ETag`."""
     found = (await _version(session, project, dataset, version))[1]
     file = await service.get_file(session, found, unicodedata.normalize("NFC", path))
-    return await blob_response(blobs, file.sha256, file.size, media_type_of(file.path), if_none_match)
+    return await blob_response(
+        blobs, file.sha256, file.size, media_type_of(file.path), if_none_match, filename=file.path
+    )
 
 
 @router.get(

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from api.db import SessionDep
 from api.deps import BlobsDep, SettingsDep
-from api.downloads import attachment, blob_response
+from api.downloads import blob_response
 from api.errors import InvalidInput, error_responses
 from api.models import Package, PackageVersion, Project
 from api.packages import service
@@ -180,11 +180,14 @@ async def download_version(
     pkg = await service.get_package(session, found, package)
     stored = await service.get_version(session, pkg, version)
     filename = f"{pkg.name}-{Version(stored.major, stored.minor)}.zip"
-    response = await blob_response(
-        blobs, stored.blob_sha256, stored.size, "application/zip", request.headers.get("if-none-match")
+    return await blob_response(
+        blobs,
+        stored.blob_sha256,
+        stored.size,
+        "application/zip",
+        request.headers.get("if-none-match"),
+        filename=filename,
     )
-    response.headers["Content-Disposition"] = attachment(filename)
-    return response
 
 
 @router.delete(

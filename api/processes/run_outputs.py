@@ -75,7 +75,12 @@ async def download_artifact(
     if artifact is None or artifact.sha256 is None:
         raise NotFound(f"the run has no artifact {path!r}", code="artifact_not_found")
     return await blob_response(
-        blobs, artifact.sha256, artifact.size, media_type_of(path), request.headers.get("if-none-match")
+        blobs,
+        artifact.sha256,
+        artifact.size,
+        media_type_of(path),
+        request.headers.get("if-none-match"),
+        filename=path,
     )
 
 
