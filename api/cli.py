@@ -3,11 +3,20 @@
 import argparse
 import asyncio
 import logging
+import os
+import stat
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 
-from api.config import Settings
+from api.config import SECRET_KEY_FILE, Settings
+
+logger = logging.getLogger("trainyard.api")
+# What this process creates (the SQLite file and its -wal and -shm, the secret key, blobs, scratch
+# files) is its own: files 0600, folders 0700.
+PRIVATE_UMASK = 0o077
 
 
 def _settings() -> Settings:
@@ -19,6 +28,40 @@ def _settings() -> Settings:
             for e in error.errors()
         )
         raise SystemExit(f"trainyard-api: invalid settings: {problems}") from None
+
+
+def _private(path: Path, mode: int) -> None:
+    """Tighten `path` to `mode` if others may read it (a data dir from an older version, a copy made
+    with another umask), saying so; warn if it cannot be tightened (not ours)."""
+    try:
+        current = stat.S_IMODE(path.lstat().st_mode)
+    except FileNotFoundError:
+        return
+    if path.is_symlink() or not current & 0o077:
+        return
+    try:
+        path.chmod(mode)
+    except OSError as error:
+        logger.warning("%s is mode %o, open to others, and cannot be tightened: %s", path, current, error)
+        return
+    logger.warning("%s was mode %o, open to other users: tightened to %o", path, current, mode)
+
+
+def private_data_dir(settings: Settings) -> None:
+    """Make the data dir the service's own, before anything is written into it: the umask for what
+    this process creates, then the dir itself and the secrets and database already in it. Blobs written
+    under an older umask stay as they are, behind a data dir no other user may enter."""
+    os.umask(PRIVATE_UMASK)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private(settings.data_dir, 0o700)
+    _private(settings.data_dir / "blobs", 0o700)
+    files = [settings.data_dir / SECRET_KEY_FILE]
+    if settings.is_sqlite:
+        database = make_url(settings.resolved_database_url).database
+        if database:
+            files += [Path(database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    for path in files:
+        _private(path, 0o600)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from api.migrate import upgrade
 
         if settings.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_data_dir(settings)
         upgrade(settings.resolved_database_url)
         print("trainyard-api: the database schema is current")
         return 0
@@ -53,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     from api.migrate import schema_problem_now
 
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)  # on PostgreSQL too: the blobs live there
     problem = schema_problem_now(settings.resolved_database_url)
     if problem is not None:
         print(f"trainyard-api: refusing to start: {problem}", file=sys.stderr)
@@ -68,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
         serve_without_bootstrap_token(sys.argv[1:] if argv is None else argv)
     import uvicorn
 
+    from api.http_protocol import BoundedHttpToolsProtocol
+
     uvicorn.run(
         "api.main:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,
+        # A request's head is bounded before the app sees it (api/http_protocol.py).
+        http=BoundedHttpToolsProtocol,
+        # X-Forwarded-For and -Proto are believed from these addresses only: uvicorn's default is
+        # 127.0.0.1, a proxy on this machine; FORWARDED_ALLOW_IPS widens it (docs/deployment.md).
         proxy_headers=True,
         log_level="info",
     )

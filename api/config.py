@@ -110,8 +110,9 @@ class Settings(BaseSettings):
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             try:
-                with path.open("x", encoding="ascii") as handle:
-                    path.chmod(0o600)
+                # Created 0600 in the one call: never readable by others, not even for a moment.
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w", encoding="ascii") as handle:
                     handle.write(secrets.token_urlsafe(48))
             except FileExistsError:
                 pass  # another process generated it first; read theirs

@@ -4,17 +4,21 @@ header floods, the headers every answer carries, downloads as attachments, the d
 The first tests drive the real app in process on both databases; the last ones a real `trainyard-api
 serve` process over raw sockets, as a hostile client would."""
 
+import contextlib
 import io
+import socket
 import stat
 import zipfile
 from pathlib import Path
 
-import pytest
+import httpx
 from fastapi import FastAPI
 from httpx import AsyncClient
 
 from api.access_log import RedactSecrets
 from api.transport import MAX_REQUEST_HEADERS, SECRET_QUERY_NAMES
+from tests.api.packages_kit import upload_package, valid_package, zip_bytes
+from tests.api.test_cli import http, serving, trainyard_api
 from tests.api.world import agent_client, make_world, ok, problem, report, start_run, take_commands
 from tests.conftest import ADMIN_TOKEN
 
@@ -153,10 +157,77 @@ async def test_downloads_are_attachments_with_a_safe_name(client: AsyncClient, a
     assert disposition == "attachment; filename*=UTF-8''r%22e%3B%20filename%3Devil.exe%20%C3%A9.html"
 
 
-@pytest.fixture
-def admin_token() -> str:
-    return ADMIN_TOKEN
+# -- a real `trainyard-api serve`, as a hostile client and an operator meet it ------------------------
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def _raw(base_url: str, head: bytes) -> bytes:
+    """Send a request's head on a socket of its own; what came back (b"" if the server cut it off)."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        # Refused while still sending: the answer, if any, is read below.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.sendall(head)
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+
+def _get(path: str, *headers: bytes) -> bytes:
+    return (
+        b"\r\n".join([f"GET {path} HTTP/1.1".encode(), b"Host: x", b"Connection: close", *headers])
+        + b"\r\n\r\n"
+    )
+
+
+def test_a_real_server_bounds_heads_and_keeps_serving(tmp_path: Path) -> None:
+    assert trainyard_api(tmp_path, "migrate").returncode == 0
+    with serving(tmp_path, bootstrap_token=ADMIN_TOKEN) as server:
+        url = server.base_url
+        # One header of 8 MiB: 431, or the connection cut while it was still being sent.
+        huge = _raw(url, _get("/api/v1/projects", b"X-Big: " + b"a" * (8 * 1024 * 1024)))
+        assert huge == b"" or huge.startswith(b"HTTP/1.1 431 "), huge[:200]
+        # 5,000 header fields, long enough together to pass the head's bound: 431 from the server.
+        many = _raw(url, _get("/healthz", *(f"X-Filler-{i}: {i}".encode() for i in range(5000))))
+        assert many.startswith(b"HTTP/1.1 431 ") and b'"request_head_too_large"' in many, many[:300]
+        # 5,000 tiny ones fit the bound: 431 from the app, which counts them.
+        tiny = _raw(url, _get("/healthz", *([b"a:1"] * 5000)))
+        assert tiny.startswith(b"HTTP/1.1 431 ") and b'"too_many_headers"' in tiny, tiny[:300]
+        # A secret in the URL: refused, and its value in no log line.
+        refused = _raw(url, _get("/healthz?limit=1&ToKeN=sekrit-value-123"))
+        assert refused.startswith(b"HTTP/1.1 400 ") and b'"token_in_url"' in refused, refused[:300]
+        # Still serving, an ordinary request with a head near the bound included.
+        assert httpx.get(f"{url}/healthz", headers={"X-Near": "a" * 60_000}).status_code == 200
+        answer = httpx.get(f"{url}/api/v1/projects", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert answer.status_code == 200 and answer.headers["x-content-type-options"] == "nosniff"
+    log = server.output()
+    assert "sekrit-value-123" not in log and "ToKeN=REDACTED" in log, log[-3000:]
+
+
+async def test_the_data_dir_is_private_and_an_open_one_is_tightened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert trainyard_api(tmp_path, "migrate").returncode == 0
+    assert (_mode(data), _mode(data / "trainyard.db")) == (0o700, 0o600)
+    # As an older version, or a copy made under another umask, would have left them.
+    data.chmod(0o755)
+    (data / "trainyard.db").chmod(0o644)
+    with serving(tmp_path, bootstrap_token=ADMIN_TOKEN) as server:
+        async with http(f"{server.base_url}/api/v1", ADMIN_TOKEN) as admin:
+            ok(await admin.post("/projects", json={"name": "p"}), 201)
+            ok(await upload_package(admin, "p", "pkg", zip_bytes(valid_package())), 201)
+        assert _mode(data) == 0o700
+        for name in ("trainyard.db", "trainyard.db-wal", "trainyard.db-shm", "secret_key"):
+            assert _mode(data / name) == 0o600, name
+        blobs = data / "blobs"
+        assert [p for p in blobs.rglob("*") if p.is_dir() and _mode(p) != 0o700] == []
+        stored = [p for p in blobs.rglob("*") if p.is_file()]
+        assert stored and [p for p in stored if _mode(p) != 0o600] == []
+    assert "open to other users: tightened to 700" in server.output()
+    assert "open to other users: tightened to 600" in server.output()
