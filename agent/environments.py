@@ -35,10 +35,12 @@ import time
 import uuid
 import venv
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 from agent.requirements import RequirementRefused, check_requirements
+from agent.sandbox import Launcher, Limits
 
 REQUIREMENTS = "requirements.txt"
 MARKER = "trainyard-env.json"
@@ -74,13 +76,16 @@ async def python_for(
     venvs: bool = True,
     base: str | None = None,
     outer: list[str] | None = None,
+    launcher: Launcher | None = None,
 ) -> Path:
     """The interpreter for a run of the package unpacked in `package_dir`, building its environment
     under `work_dir/envs` when the package has a `requirements.txt` (and `venvs` is on).
 
     `base` is the run interpreter (`TRAINYARD_RUN_PYTHON`) the environment is made from, and `outer`
     the site-packages of the virtual environment it belongs to, if any (agent/sandbox.py's probe);
-    without them, the agent's own Python."""
+    without them, the agent's own Python. With `launcher`, the environment is made and pip runs as
+    the run user (in the sandbox, if it is on, with the network): a package's build scripts never run
+    as the agent. The finished environment belongs to the agent and is read-only to runs."""
     python = Path(base) if base is not None else Path(sys.executable)
     if not venvs:
         return python
@@ -99,7 +104,7 @@ async def python_for(
     final = envs / key
     async with _in_process_lock(envs, key), _file_lock(envs, key):
         if not await asyncio.to_thread(_is_whole, final):
-            await _build(envs, final, key, lines, base, outer)
+            await _build(envs, final, key, lines, base, outer, launcher)
         await asyncio.to_thread(_touch, final / LAST_USED)
     return final / "bin" / "python"
 
@@ -208,18 +213,27 @@ def _clear_temporaries(envs: Path, key: str) -> None:
 
 
 async def _build(
-    envs: Path, final: Path, key: str, lines: list[str], base: str | None, outer: list[str] | None
+    envs: Path,
+    final: Path,
+    key: str,
+    lines: list[str],
+    base: str | None,
+    outer: list[str] | None,
+    launcher: Launcher | None,
 ) -> None:
     """Make the environment under a temporary name, install into it, rename it into place."""
     await asyncio.to_thread(_clear_temporaries, envs, key)
     temporary = envs / f".{key}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    builder = _Spawner(launcher, temporary)
     try:
         if base is None:
             outer = _outer_site_packages()
             await asyncio.to_thread(_create, temporary, lines)
         else:
-            await _create_from(base, temporary, lines, outer or [])
-        await _pip_install(temporary)
+            await asyncio.to_thread(builder.make_folder)
+            await _create_from(base, temporary, lines, outer or [], builder)
+        await _pip_install(temporary, builder)
+        await asyncio.to_thread(builder.take_back)
         await asyncio.to_thread(_finish, temporary, final, key, base or sys.executable, outer or [])
     finally:
         await asyncio.to_thread(_remove, temporary)
@@ -268,23 +282,62 @@ def _create(temporary: Path, lines: list[str]) -> None:
     (temporary / REQUIREMENTS).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
-async def _create_from(base: str, temporary: Path, lines: list[str], outer: list[str]) -> None:
+class _Spawner:
+    """Starts a build's commands: as the agent without a launcher, else as the run user (through the
+    sandbox when it is on, with the network pip needs), in a folder that user owns until
+    `take_back`."""
+
+    def __init__(self, launcher: Launcher | None, folder: Path) -> None:
+        self.launcher = None if launcher is None else replace(launcher, network=True, limits=Limits())
+        self.folder = folder
+
+    def make_folder(self) -> None:
+        self.folder.mkdir(mode=0o755)
+        uid, gid = self._owner()
+        if uid is not None and os.geteuid() == 0:
+            os.chown(self.folder, uid, gid if gid is not None else -1)
+
+    def take_back(self) -> None:
+        """The environment becomes the agent's, writable by nobody else: runs of other packages use it."""
+        if self._owner()[0] is None or os.geteuid() != 0:
+            return
+        for path in [self.folder, *self.folder.rglob("*")]:
+            os.lchown(path, os.geteuid(), os.getegid())
+            if not path.is_symlink():
+                os.chmod(path, stat.S_IMODE(path.lstat().st_mode) & ~0o022)
+
+    def _owner(self) -> tuple[int | None, int | None]:
+        return (self.launcher.uid, self.launcher.gid) if self.launcher is not None else (None, None)
+
+    async def start(self, argv: list[str], *, output: bool) -> asyncio.subprocess.Process:
+        launcher = self.launcher
+        command = argv
+        uid = gid = None
+        if launcher is not None:
+            command = launcher.command(argv, cwd=self.folder, writable=[self.folder])
+            uid, gid = launcher.spawn_user()
+        sink = asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL
+        return await asyncio.create_subprocess_exec(
+            *command,
+            cwd=self.folder,  # the environment itself: no file of the package is in reach
+            env=_pip_environment(self.folder if launcher is not None else None),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT if output else asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # so its build subprocesses are killed with it
+            user=uid,
+            group=gid,
+            extra_groups=[] if uid is not None else None,
+        )
+
+
+async def _create_from(
+    base: str, temporary: Path, lines: list[str], outer: list[str], builder: _Spawner
+) -> None:
     """The environment made by the run interpreter itself (`base -m venv`), so that it runs wherever
     that interpreter runs (as the run user, in the sandbox), whatever Python the agent has."""
-    process = await asyncio.create_subprocess_exec(
-        base,
-        "-I",
-        "-m",
-        "venv",
-        "--system-site-packages",
-        "--symlinks",
-        "--without-pip",
-        str(temporary),
-        env=_pip_environment(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    argv = [base, "-I", "-m", "venv", "--system-site-packages", "--symlinks", "--without-pip", str(temporary)]
+    process = await builder.start(argv, output=True)
     output, _ = await process.communicate()
     if process.returncode != 0:
         raise EnvironmentBuildFailed(
@@ -293,21 +346,12 @@ async def _create_from(base: str, temporary: Path, lines: list[str], outer: list
     await asyncio.to_thread(_add_outer, temporary, outer)
     python = str(temporary / "bin" / "python")
     # Without a pip of the machine's Python's own, ensurepip brings one into the environment.
-    has_pip = await _exit_code(python, "-c", "import pip") == 0
-    if not has_pip and await _exit_code(python, "-m", "ensurepip", "--default-pip") != 0:
-        raise EnvironmentBuildFailed(f"{base} has no pip, and ensurepip could not install one")
+    has_pip = await (await builder.start([python, "-c", "import pip"], output=False)).wait() == 0
+    if not has_pip:
+        ensured = await builder.start([python, "-m", "ensurepip", "--default-pip"], output=False)
+        if await ensured.wait() != 0:
+            raise EnvironmentBuildFailed(f"{base} has no pip, and ensurepip could not install one")
     (temporary / REQUIREMENTS).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-
-
-async def _exit_code(*command: str) -> int:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=_pip_environment(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await process.wait()
 
 
 def _add_outer(environment: Path, outer: list[str]) -> None:
@@ -320,28 +364,32 @@ def _add_outer(environment: Path, outer: list[str]) -> None:
     (found[0] / "_trainyard_outer_site.pth").write_text(lines, encoding="utf-8")
 
 
-def _pip_environment() -> dict[str, str]:
-    # The agent's own variables (its token above all) never reach pip or a package's build scripts.
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("TRAINYARD_")}
-    environment.update(PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1")
+# What a build passes on from the agent's environment: pip's own settings and the way out.
+_PASSED_ON = ("PIP_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_", "REQUESTS_CA_BUNDLE")
+
+
+def _pip_environment(home: Path | None = None) -> dict[str, str]:
+    # The agent's own variables (its token above all, any cloud credential it holds) never reach pip
+    # or a package's build scripts: only pip's settings, the proxies and the certificates do.
+    environment = {name: value for name, value in os.environ.items() if name.upper().startswith(_PASSED_ON)}
+    environment.update(
+        PATH=os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"]),
+        LANG="C.UTF-8",
+        HOME=str(home) if home is not None else os.environ.get("HOME", "/"),
+        PIP_NO_INPUT="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PYTHONNOUSERSITE="1",
+    )
+    if home is not None:
+        environment["PIP_NO_CACHE_DIR"] = "1"  # not into the environment's own folder
     return environment
 
 
-async def _pip_install(environment: Path) -> None:
+async def _pip_install(environment: Path, builder: _Spawner | None = None) -> None:
     """`pip install -r` in `environment`, its output kept (bounded) for the error."""
     command = [str(environment / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off"]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        "--no-warn-script-location",
-        "-r",
-        REQUIREMENTS,
-        cwd=environment,  # the environment itself: no file of the package is in reach
-        env=_pip_environment(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # so its build subprocesses are killed with it
-    )
+    builder = builder or _Spawner(None, environment)
+    process = await builder.start([*command, "--no-warn-script-location", "-r", REQUIREMENTS], output=True)
     output = bytearray()
     try:
         assert process.stdout is not None

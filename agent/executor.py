@@ -394,6 +394,7 @@ class Execution:
             venvs=machine.settings.package_venvs,
             base=machine.python,
             outer=machine.interpreter.get("outer_site_packages") or [],
+            launcher=machine.launcher,
         )
         return str(python)
 

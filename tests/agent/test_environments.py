@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,10 +58,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     builds = 0
     real = environments._pip_install
 
-    async def counting(environment: Path) -> None:
+    async def counting(environment: Path, *rest: Any) -> None:
         nonlocal builds
         builds += 1
-        await real(environment)
+        await real(environment, *rest)
 
     async def two_runs() -> list[Path]:
         return list(await asyncio.gather(python_for(package, work_dir), python_for(package, work_dir)))
@@ -76,7 +77,7 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """pip replaced by a no-op that records the environments it was asked to install into."""
     calls: list[Path] = []
 
-    async def fake(environment: Path) -> None:
+    async def fake(environment: Path, *_: object) -> None:
         calls.append(environment)
 
     monkeypatch.setattr(environments, "_pip_install", fake)
@@ -159,7 +160,7 @@ async def test_requirements_through_a_symlink_are_refused(tmp_path: Path) -> Non
 async def test_a_cancelled_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = asyncio.Event()
 
-    async def slow_pip(environment: Path) -> None:
+    async def slow_pip(environment: Path, *_: object) -> None:
         started.set()
         await asyncio.Event().wait()  # until cancelled
 
