@@ -203,6 +203,18 @@ def test_a_real_server_bounds_heads_and_keeps_serving(tmp_path: Path) -> None:
         # A secret in the URL: refused, and its value in no log line.
         refused = _raw(url, _get("/healthz?limit=1&ToKeN=sekrit-value-123"))
         assert refused.startswith(b"HTTP/1.1 400 ") and b'"token_in_url"' in refused, refused[:300]
+        # A body is never a head: one sent whole with its head, and an upload of many reads.
+        body = b"a" * (300 * 1024)
+        post = b"POST /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        post += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        assert _raw(url, post).startswith(b"HTTP/1.1 405 ")
+        admin = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with admin:
+            admin.post("/projects", json={"name": "up"}).raise_for_status()
+            not_a_zip = {"file": ("big.zip", b"b" * (8 * 1024 * 1024), "application/zip")}
+            upload = admin.post("/projects/up/packages/big/versions", files=not_a_zip)
+        # Read whole and refused for what it is, not for its size.
+        assert upload.status_code == 422 and upload.json()["code"] == "not_a_zip", upload.text
         # Still serving, an ordinary request with a head near the bound included.
         assert httpx.get(f"{url}/healthz", headers={"X-Near": "a" * 60_000}).status_code == 200
         answer = httpx.get(f"{url}/api/v1/projects", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
