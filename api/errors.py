@@ -218,7 +218,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
-    return problem_response(500, "internal_error", "Internal server error", "An unexpected error occurred.")
+    response = problem_response(
+        500, "internal_error", "Internal server error", "An unexpected error occurred."
+    )
+    # Starlette's outermost middleware sends this one past api/transport.py: its headers are set here.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

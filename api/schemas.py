@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -21,10 +21,29 @@ class RequestModel(BaseModel):
     """What clients send: unknown fields are refused, so a typo never silently does nothing.
 
     NaN and Infinity are refused too: Python's JSON reader takes them, JSON (and PostgreSQL's JSONB)
-    does not, so they would be stored as something else or not at all.
+    does not, so they would be stored as something else or not at all. So is NUL in any text, keys
+    of nested objects included: PostgreSQL's text and JSONB cannot hold it (SQLite can: the answer
+    would depend on the database).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _holds_nul(value):
+            raise ValueError("text may not contain NUL (U+0000)")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds_nul(item) for item in value)
+    return False  # numbers, and nested request models, which checked their own fields
 
 
 class ReadModel(BaseModel):

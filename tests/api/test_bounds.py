@@ -304,3 +304,25 @@ async def test_every_integer_at_its_bounds_is_never_a_5xx(client: AsyncClient, a
             _no_5xx(probe, value, response)
 
     await anyio.to_thread.run_sync(sequences)
+
+
+async def test_nul_in_any_text_is_refused_on_both_databases(
+    anon: AsyncClient, client: AsyncClient, dump_database: Dump
+) -> None:
+    """PostgreSQL's text and JSONB cannot hold NUL: a login name holding one answered 500 there."""
+    world = await make_world(client)
+    before = await dump_database()
+    for body in ({"username": "ad\x00min", "password": "x"}, {"username": "admin", "password": "x\x00"}):
+        found = problem(await anon.post("/api/v1/auth/login", json=body), 422, "validation_error")
+        assert "NUL" in found["detail"], found
+    problem(
+        await client.post("/projects", json={"name": "p2", "description": "a\x00b"}), 422, "validation_error"
+    )
+    problem(
+        await client.post("/users", json={"name": "bob", "display_name": "\x00"}), 422, "validation_error"
+    )
+    templates = f"/projects/{world.project}/templates"
+    for parameters in ({"epochs\x00": 1}, {"epochs": "1\x00"}, {"layers": [{"name": "\x00"}]}):
+        body = {"name": "t-nul", "model_type": world.model_type, "parameters": parameters}
+        problem(await client.post(templates, json=body), 422, "validation_error")
+    assert await dump_database() == before

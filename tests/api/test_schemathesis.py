@@ -9,7 +9,6 @@ answers (`Case.validate_response`). Hypothesis runs in a worker thread and sends
 the loop (`anyio.from_thread.run`). docs/testing.md says what runs where and how long it takes.
 """
 
-import json
 import os
 from typing import Any
 
@@ -43,15 +42,6 @@ EXCLUDED = {
     "machines_revoke_token",
     "machines_rotate_token",
 }
-
-
-def _left_to_another_finding(case: schemathesis.Case) -> bool:
-    """Known failures that belong to other findings of issue 19, skipped here as narrowly as they
-    can be, each to be removed with its fix."""
-    operation = case.operation.definition.raw["operationId"]
-    # Login (findings 3/4/6, not this slice): a NUL in the name or password reaches PostgreSQL,
-    # which refuses NUL in text: 500 instead of 401/422.
-    return operation == "auth_login" and "\\u0000" in json.dumps(case.body, default=str)
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -107,8 +97,6 @@ async def test_every_operation_conforms_and_never_answers_5xx(
         )
         @given(st.one_of(operation.as_strategy(generation_mode=mode) for mode in GenerationMode))
         def check(case: schemathesis.Case) -> None:
-            if _left_to_another_finding(case):
-                return
             response = anyio.from_thread.run(send, case)
             case.validate_response(response, checks=CHECKS)
 

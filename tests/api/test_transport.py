@@ -118,6 +118,20 @@ async def test_every_answer_is_nosniff_and_secrets_are_not_stored(
         _assert_transport_headers(response.headers)
 
 
+async def test_an_unexpected_error_is_a_problem_with_the_same_headers(app: FastAPI) -> None:
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url="http://trainyard.test") as anon:
+        response = await anon.get("/boom")
+    problem(response, 500, "internal_error")
+    assert "a bug" not in response.text
+    _assert_transport_headers(response.headers)
+    assert response.headers["cache-control"] == "no-store"
+
+
 def _zip(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
