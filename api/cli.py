@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from api.config import SECRET_KEY_FILE, Settings
+from api.core.config import SECRET_KEY_FILE, Settings
 
 logger = logging.getLogger("trainyard.api")
 # What this process creates (the SQLite file and its -wal and -shm, the secret key, blobs, scratch
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings()
 
     if args.command == "migrate":
-        from api.migrate import upgrade
+        from api.core.migrate import upgrade
 
         if settings.is_sqlite:
             private_data_dir(settings)
@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "SQLite takes one API process: use PostgreSQL (TRAINYARD_DATABASE_URL) for --workers > 1"
         )
-    from api.migrate import schema_problem_now
+    from api.core.migrate import schema_problem_now
 
     private_data_dir(settings)  # on PostgreSQL too: the blobs live there
     problem = schema_problem_now(settings.resolved_database_url)
     if problem is not None:
         print(f"trainyard-api: refusing to start: {problem}", file=sys.stderr)
         return 2
-    from api.bootstrap import not_dumpable, serve_without_bootstrap_token, use_bootstrap_token
+    from api.access.bootstrap import not_dumpable, serve_without_bootstrap_token, use_bootstrap_token
 
     not_dumpable()
     if settings.bootstrap_token is not None:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_without_bootstrap_token(sys.argv[1:] if argv is None else argv)
     import uvicorn
 
-    from api.http_protocol import BoundedHttpToolsProtocol
+    from api.core.http_protocol import BoundedHttpToolsProtocol
 
     uvicorn.run(
         "api.main:create_app",
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,
-        # A request's head is bounded before the app sees it (api/http_protocol.py).
+        # A request's head is bounded before the app sees it (api/core/http_protocol.py).
         http=BoundedHttpToolsProtocol,
         # X-Forwarded-For and -Proto are believed from these addresses only: uvicorn's default is
         # 127.0.0.1, a proxy on this machine; FORWARDED_ALLOW_IPS widens it (docs/deployment.md).

@@ -9,41 +9,41 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import __doc__ as description
+from api.access.bootstrap import prepare_database
 from api.access.login_gate import LoginGate
 from api.access.members_router import audit_router
 from api.access.members_router import router as members_router
 from api.access.router import roles_router, users_router
 from api.access.tokens_router import auth_router, tokens_router
-from api.access_log import quiet_agent_access_lines
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
-from api.auth_first import install_auth_first
-from api.blobs import LocalBlobStore
-from api.bootstrap import prepare_database
-from api.config import Settings
+from api.core.access_log import quiet_agent_access_lines
+from api.core.auth_first import install_auth_first
+from api.core.blobs import LocalBlobStore
+from api.core.config import Settings
+from api.core.db import create_engine, create_sessionmaker, pg_conninfo
+from api.core.errors import install_error_handlers
+from api.core.limits import BodySizeLimit
+from api.core.migrate import head_revisions, schema_problem
+from api.core.notify import Notifier, PgNotifier
+from api.core.openapi import install_openapi
+from api.core.prometheus import RequestMetrics
+from api.core.prometheus import router as prometheus_router
+from api.core.transport import Transport
 from api.datasets.router import router as datasets_router
-from api.db import create_engine, create_sessionmaker, pg_conninfo
-from api.errors import install_error_handlers
 from api.health.router import router as health_router
-from api.limits import BodySizeLimit
 from api.machines.router import router as machines_router
-from api.migrate import head_revisions, schema_problem
 from api.model_types.router import router as model_types_router
-from api.notify import Notifier, PgNotifier
-from api.openapi import install_openapi
 from api.packages.router import router as packages_router
 from api.processes.router import router as processes_router
 from api.processes.router import runs_router
 from api.processes.run_outputs import router as run_outputs_router
 from api.processes.sweeper import Sweeper
 from api.projects.router import router as projects_router
-from api.prometheus import RequestMetrics
-from api.prometheus import router as prometheus_router
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
-from api.transport import Transport
 
 logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -72,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         sessionmaker = create_sessionmaker(engine, notifier)
         token_key = settings.secret_key_bytes()
-        # `trainyard-api serve` uses the bootstrap token before it serves and drops it (api/bootstrap.py);
-        # an app made in process (tests, embedding) may still be handed one.
+        # `trainyard-api serve` uses the bootstrap token before it serves and drops it
+        # (api/access/bootstrap.py); an app made in process (tests, embedding) may still be handed one.
         bootstrap = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         if await prepare_database(sessionmaker, token_key, bootstrap):
             logger.info("created the administrator `admin` holding TRAINYARD_BOOTSTRAP_TOKEN")

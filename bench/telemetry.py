@@ -173,7 +173,7 @@ class Raw:
         source.close()
         target.close()
         connection = sqlite3.connect(copy, isolation_level=None, timeout=60)
-        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):  # as api/db.py
+        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):  # as api/core/db.py
             connection.execute(f"PRAGMA {pragma}")
         return connection
 

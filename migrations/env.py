@@ -14,8 +14,8 @@ config = context.config
 def _url() -> str:
     url = config.attributes.get("url")
     if url is None:
-        from api.config import Settings
-        from api.db import sync_url
+        from api.core.config import Settings
+        from api.core.db import sync_url
 
         url = sync_url(Settings().resolved_database_url)
     return str(url)

@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from api.config import Settings
+from api.core.config import Settings
+from api.core.migrate import upgrade
 from api.main import create_app
-from api.migrate import upgrade
 
 ADMIN_TOKEN = "bootstrap-token-for-tests-0123456789abcdef"
 SECRET_KEY = "secret-key-for-tests-0123456789abcdefghijkl"

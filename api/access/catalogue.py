@@ -2,10 +2,10 @@
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.core.repository import dialect_insert
+from api.core.security import ALL_PERMISSIONS, Permission
 from api.models import Role
 from api.models.base import utcnow
-from api.repository import dialect_insert
-from api.security import ALL_PERMISSIONS, Permission
 
 P = Permission
 

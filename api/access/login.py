@@ -22,11 +22,11 @@ from sqlalchemy import case, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.access.login_gate import LoginGate
-from api.errors import TooManyRequests, Unauthorized
+from api.core.errors import TooManyRequests, Unauthorized
+from api.core.repository import dialect_insert
+from api.core.security import new_token, token_hmac
 from api.models import ApiToken, AuditEvent, LoginFailures, User
 from api.models.base import utcnow
-from api.repository import dialect_insert
-from api.security import new_token, token_hmac
 
 LOGIN_TOKEN_LIFETIME = timedelta(hours=8)
 LOGIN_FAILURE_WINDOW = timedelta(minutes=15)

@@ -17,8 +17,8 @@ import anyio
 from fastapi import Depends, Request
 
 from api.access import passwords
-from api.config import Settings
-from api.errors import TooManyRequests
+from api.core.config import Settings
+from api.core.errors import TooManyRequests
 
 # Past this many keys the least recently used bucket is dropped: a flood of new addresses or names
 # costs bounded memory. A dropped bucket starts full again, as one that was left alone to refill.

@@ -8,11 +8,11 @@ from sqlalchemy import select
 
 from api.access import service
 from api.access.schemas import AuditEventRead, MemberRead, MemberSet
-from api.db import SessionDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.models import AuditEvent, Project, ProjectMember, Role, User
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 
 router = APIRouter(
     prefix="/projects/{project}/members", tags=["users"], responses=error_responses(401, 403, 404)

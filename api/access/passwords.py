@@ -1,7 +1,7 @@
 """Passwords, as argon2id hashes (argon2-cffi's defaults, RFC 9106's second recommended profile).
 
 Hashing is deliberately slow, so it runs in a worker thread, off the event loop. Tokens never come here:
-they are HMACs (api/security.py).
+they are HMACs (api/core/security.py).
 """
 
 import anyio

@@ -16,11 +16,11 @@ from api.access.schemas import (
     UserRead,
     UserUpdate,
 )
-from api.db import SessionDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import CurrentUser, Permission, Principal, requires
 from api.models import Role, User
-from api.schemas import Page, PageDep, fetch_page
-from api.security import CurrentUser, Permission, Principal, requires
 
 users_router = APIRouter(prefix="/users", tags=["users"], responses=error_responses(401, 403))
 roles_router = APIRouter(tags=["roles"], responses=error_responses(401, 403))

@@ -4,8 +4,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
-from api.schemas import Description, Name, ReadModel, RequestModel
-from api.security import Permission
+from api.core.schemas import Description, Name, ReadModel, RequestModel
+from api.core.security import Permission
 
 Password = Annotated[str, Field(min_length=12, max_length=1024, description="12 characters or more.")]
 TokenName = Annotated[str, Field(min_length=1, max_length=128, examples=["rpa-invoices"])]

@@ -18,11 +18,11 @@ from api.access.catalogue import TOKEN_PERMISSIONS, sorted_values
 # The sweeper's, kept importable from here; logins live in api/access/login.py.
 from api.access.login import forget_ended_login_failures as forget_ended_login_failures
 from api.access.schemas import RoleCreate, RoleUpdate, TokenCreate, UserCreate, UserUpdate
-from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.core.repository import add_named, get_by_name
+from api.core.security import Permission, Principal, known_permissions, new_token, token_hmac
 from api.models import ApiToken, ProjectMember, Role, User
 from api.models.base import utcnow
-from api.repository import add_named, get_by_name
-from api.security import Permission, Principal, known_permissions, new_token, token_hmac
 
 
 def parse_permissions(values: Iterable[str], field: str = "permissions") -> frozenset[Permission]:

@@ -23,12 +23,12 @@ from api.access.schemas import (
     TokenRead,
     TokenWithSecret,
 )
-from api.db import SessionDep
-from api.deps import TokenKeyDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.deps import TokenKeyDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import CurrentUser, OwnTokensManager, Permission, Principal, requires, user_principal
 from api.models import ApiToken, Project, ProjectMember, Role, User
-from api.schemas import Page, PageDep, fetch_page
-from api.security import CurrentUser, OwnTokensManager, Permission, Principal, requires, user_principal
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 tokens_router = APIRouter(tags=["tokens"], responses=error_responses(401, 403))

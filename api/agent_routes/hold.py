@@ -22,7 +22,7 @@ from enum import Enum
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.notify import Wakeup
+from api.core.notify import Wakeup
 
 HOLD_KEY = "trainyard.poll_hold"
 EMPTY_ANSWER: Message = {

@@ -13,17 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.agent_routes import outputs
 from api.agent_routes.service import machine_run
-from api.blobs import check_sha256
+from api.core.blobs import check_sha256
+from api.core.db import SessionDep
+from api.core.deps import BlobsDep, SettingsDep
+from api.core.downloads import blob_response
+from api.core.errors import Conflict, InvalidInput, NotFound, error_responses
+from api.core.repository import record_blobs
+from api.core.security import CurrentAgent
+from api.core.uploads import receive_body
 from api.datasets import service as datasets
-from api.db import SessionDep
-from api.deps import BlobsDep, SettingsDep
-from api.downloads import blob_response
-from api.errors import Conflict, InvalidInput, NotFound, error_responses
 from api.models import Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
 from api.packages.service import check_package
-from api.repository import record_blobs
-from api.security import CurrentAgent
-from api.uploads import receive_body
 from shared.enums import RunStatus
 from shared.names import InvalidName, normalize_relative_path
 from shared.protocol import DatasetManifest, ManifestFile, OutputReply, SnapshotUpload

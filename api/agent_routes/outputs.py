@@ -12,15 +12,15 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.blobs import StoredBlob
+from api.core.blobs import StoredBlob
+from api.core.errors import InvalidInput
+from api.core.repository import dialect_insert
 from api.datasets import service as datasets
-from api.errors import InvalidInput
 from api.models import Dataset, DatasetVersion, Package, PackageVersion, Run, RunOutput
 from api.models.base import new_id
 from api.models.telemetry import MetricSeries
 from api.packages.inspect import DeclaredParameter, PackageInfo
 from api.packages.service import add_trained_version
-from api.repository import dialect_insert
 from shared.enums import PipelineType
 from shared.protocol import ManifestFile
 from shared.versions import Version

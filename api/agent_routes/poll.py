@@ -12,7 +12,7 @@ PostgreSQL Core statements on one `AsyncConnection`. What it decides for a machi
 The machine is known only once that unit has run, so its waiter cannot be registered before the look
 for commands. Instead the poll reads the notifier's wake counter before it (`Notifier.mark`) and
 registers its waiter with it (`Notifier.listen(..., since=mark)`): a wake of the machine after that
-value, a command committed after the look, wakes the waiter at once (api/notify.py).
+value, a command committed after the look, wakes the waiter at once (api/core/notify.py).
 """
 
 import hmac
@@ -35,12 +35,12 @@ from api.agent_routes.service import (
     SEEN_RESOLUTION,
     seen_parameters,
 )
-from api.db import committed, on_sqlite_thread, read_back, stored
+from api.core.db import committed, on_sqlite_thread, read_back, stored
+from api.core.notify import Notifier
+from api.core.security import bearer_digest, bearer_scheme, refuse_as_agent
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.notify import Notifier
 from api.processes.lifecycle import UNTAKEN_COMMAND_STATES
-from api.security import bearer_digest, bearer_scheme, refuse_as_agent
 from shared.enums import CommandKind, CommandState
 from shared.protocol import MAX_POLL_WAIT_SECONDS, Command
 

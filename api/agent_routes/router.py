@@ -10,12 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.agent_routes import service
 from api.agent_routes.hold import HOLD_KEY, PollHold
 from api.agent_routes.poll import PollingAgentDep
-from api.db import SessionDep
-from api.deps import NotifierDep
-from api.errors import NotFound, error_responses
+from api.core.db import SessionDep
+from api.core.deps import NotifierDep
+from api.core.errors import NotFound, error_responses
+from api.core.notify import Notifier
+from api.core.security import CurrentAgent
 from api.models import Machine
-from api.notify import Notifier
-from api.security import CurrentAgent
 from shared.protocol import (
     MAX_POLL_WAIT_SECONDS,
     Command,

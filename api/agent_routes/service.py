@@ -8,10 +8,10 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.agent_routes import outputs
-from api.errors import NotFound
+from api.core.errors import NotFound
+from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.notify import Notifier
 from api.processes.lifecycle import UNTAKEN_COMMAND_STATES, Actor, end_run, transition
 from shared.enums import (
     ACTIVE_RUN_STATUSES,

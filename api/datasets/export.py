@@ -17,7 +17,7 @@ from typing import IO, BinaryIO
 
 import anyio.to_thread
 
-from api.blobs import CHUNK_BYTES, BlobStore
+from api.core.blobs import CHUNK_BYTES, BlobStore
 from api.datasets.staging import ManifestEntry
 
 # Formats that are compressed already: deflating them again costs time and saves nothing.

@@ -7,11 +7,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from api.datasets import export, service, staging
-from api.datasets.schemas import UPLOAD_BODY, DatasetFileRead, DatasetRead, DatasetVersionRead
-from api.db import SessionDep
-from api.deps import BlobsDep, SettingsDep
-from api.downloads import (
+from api.core.db import SessionDep
+from api.core.deps import BlobsDep, SettingsDep
+from api.core.downloads import (
     ScratchFileResponse,
     attachment,
     blob_response,
@@ -20,12 +18,14 @@ from api.downloads import (
     media_type_of,
     not_modified,
 )
-from api.errors import error_responses
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
+from api.core.uploads import receive_multipart
+from api.datasets import export, service, staging
+from api.datasets.schemas import UPLOAD_BODY, DatasetFileRead, DatasetRead, DatasetVersionRead
 from api.models import Dataset, DatasetVersion, Project
 from api.projects.service import get_project
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
-from api.uploads import receive_multipart
 
 router = APIRouter(
     prefix="/projects/{project}/datasets", tags=["datasets"], responses=error_responses(401, 403, 404, 422)

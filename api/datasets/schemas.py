@@ -3,7 +3,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from api.schemas import ReadModel
+from api.core.schemas import ReadModel
 
 
 class DatasetRead(ReadModel):

@@ -19,10 +19,10 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.core.errors import Conflict, InvalidInput, NotFound
+from api.core.repository import get_by_name, get_or_create_named, record_blobs
 from api.datasets.staging import MAX_PATH_LENGTH, ManifestEntry, StagedUpload, check_folder
-from api.errors import Conflict, InvalidInput, NotFound
 from api.models import Dataset, DatasetFile, DatasetVersion, Project, Run, Template
-from api.repository import get_by_name, get_or_create_named, record_blobs
 from shared.enums import ACTIVE_RUN_STATUSES
 from shared.names import InvalidName, normalize_name
 from shared.protocol import INT32_MAX

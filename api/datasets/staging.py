@@ -15,9 +15,9 @@ from typing import cast
 
 import anyio.to_thread
 
-from api.blobs import BlobStore
-from api.errors import InvalidInput
-from api.uploads import Upload, UploadedFile, archive_refused
+from api.core.blobs import BlobStore
+from api.core.errors import InvalidInput
+from api.core.uploads import Upload, UploadedFile, archive_refused
 from shared.archive import ArchiveError, ArchiveLimits, MemberReader, inspect_zip, iter_entries
 from shared.names import InvalidName, normalize_relative_path
 

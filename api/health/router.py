@@ -2,8 +2,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from api.errors import ServiceUnavailable, error_responses
-from api.migrate import schema_problem
+from api.core.errors import ServiceUnavailable, error_responses
+from api.core.migrate import schema_problem
 
 router = APIRouter(tags=["operations"])
 

@@ -3,14 +3,14 @@ from typing import Annotated
 from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
-from api.db import SessionDep
-from api.deps import SettingsDep, TokenKeyDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.deps import SettingsDep, TokenKeyDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.machines import service
 from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate, MachineWithToken
 from api.models import Machine
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 
 router = APIRouter(prefix="/machines", tags=["machines"], responses=error_responses(401, 403))
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from api.schemas import Description, Name, ReadModel, RequestModel
+from api.core.schemas import Description, Name, ReadModel, RequestModel
 from shared.protocol import GpuInfo
 
 Capacity = Annotated[int, Field(ge=1, le=1024, description="Processes the machine may hold (Primo: 1).")]

@@ -5,12 +5,12 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict
+from api.core.errors import Conflict
+from api.core.repository import add_named, get_by_name
+from api.core.security import new_token, token_hmac
 from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate
 from api.models import Machine, Process
 from api.models.base import utcnow
-from api.repository import add_named, get_by_name
-from api.security import new_token, token_hmac
 
 
 def machine_read(machine: Machine, offline_after: float) -> MachineRead:

@@ -3,13 +3,13 @@ from typing import Annotated
 from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
-from api.db import SessionDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.model_types import service
 from api.model_types.schemas import ModelTypeCreate, ModelTypeRead, ModelTypeUpdate
 from api.models import ModelType
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 
 router = APIRouter(prefix="/model-types", tags=["model types"], responses=error_responses(401, 403))
 

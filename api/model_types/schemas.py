@@ -1,7 +1,7 @@
 import uuid
 from datetime import datetime
 
-from api.schemas import Description, Name, ReadModel, RequestModel
+from api.core.schemas import Description, Name, ReadModel, RequestModel
 
 
 class ModelTypeCreate(RequestModel):

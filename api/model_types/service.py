@@ -3,10 +3,10 @@
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict
+from api.core.errors import Conflict
+from api.core.repository import add_named, get_by_name
 from api.model_types.schemas import ModelTypeCreate, ModelTypeUpdate
 from api.models import ModelType, Template
-from api.repository import add_named, get_by_name
 
 
 async def get_model_type(session: AsyncSession, name: str) -> ModelType:

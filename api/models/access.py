@@ -1,6 +1,6 @@
 """People, roles, project memberships, tokens and the audit trail.
 
-Tokens are stored only as their HMAC (api/security.py), passwords only as their argon2 hash.
+Tokens are stored only as their HMAC (api/core/security.py), passwords only as their argon2 hash.
 """
 
 import uuid

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.errors import InvalidInput
+from api.core.errors import InvalidInput
 from shared.archive import ArchiveError, ArchiveLimits, inspect_zip, read_member
 from shared.names import InvalidName, check_parameter_name
 from shared.protocol import INT64_MAX, INT64_MIN

@@ -4,17 +4,17 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
-from api.db import SessionDep
-from api.deps import BlobsDep, SettingsDep
-from api.downloads import blob_response
-from api.errors import InvalidInput, error_responses
+from api.core.db import SessionDep
+from api.core.deps import BlobsDep, SettingsDep
+from api.core.downloads import blob_response
+from api.core.errors import InvalidInput, error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
+from api.core.uploads import receive_multipart
 from api.models import Package, PackageVersion, Project
 from api.packages import service
 from api.packages.schemas import LineageRead, PackageRead, PackageVersionRead
 from api.projects.service import get_project
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
-from api.uploads import receive_multipart
 from shared.versions import Version
 
 router = APIRouter(prefix="/projects/{project}", tags=["packages"], responses=error_responses(401, 403, 404))

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas import ReadModel
+from api.core.schemas import ReadModel
 
 
 class DeclaredParameterRead(BaseModel):

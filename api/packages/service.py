@@ -8,12 +8,12 @@ import anyio.to_thread
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.blobs import StoredBlob
-from api.errors import Conflict, InvalidInput, NotFound
+from api.core.blobs import StoredBlob
+from api.core.errors import Conflict, InvalidInput, NotFound
+from api.core.repository import get_by_name, get_or_create_named, record_blobs
 from api.models import Package, PackageLine, PackageVersion, Project, Run, Template
 from api.packages.inspect import PackageInfo, inspect_package
 from api.packages.schemas import LineageNode, PackageVersionRead
-from api.repository import get_by_name, get_or_create_named, record_blobs
 from shared.archive import ArchiveLimits
 from shared.enums import ACTIVE_RUN_STATUSES
 from shared.names import InvalidName, normalize_name

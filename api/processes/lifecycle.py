@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict, InvalidInput, NotFound
+from api.core.errors import Conflict, InvalidInput, NotFound
+from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Process, ProcessEvent, Project, Run, Template
 from api.models.base import new_id, utcnow
-from api.notify import Notifier
 from api.templates import references
 from api.templates.references import ResolvedInputs
 from shared.enums import (

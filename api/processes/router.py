@@ -5,16 +5,16 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.db import SessionDep
-from api.deps import NotifierDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.deps import NotifierDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.models import Machine, Process, ProcessEvent, Project, Run, Template
 from api.processes import service
 from api.processes.lifecycle import Actor, actor_of
 from api.processes.schemas import ProcessCreate, ProcessEventRead, ProcessRead, RunRead
 from api.projects.service import get_project
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 from api.templates.service import get_template
 from shared.enums import ActorKind, ProcessStatus, RunStatus
 

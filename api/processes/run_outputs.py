@@ -7,15 +7,15 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.db import SessionDep
-from api.deps import BlobsDep
-from api.downloads import blob_response, media_type_of
-from api.errors import NotFound, error_responses
+from api.core.db import SessionDep
+from api.core.deps import BlobsDep
+from api.core.downloads import blob_response, media_type_of
+from api.core.errors import NotFound, error_responses
+from api.core.security import Permission, Principal, requires
 from api.models import RunOutput
 from api.processes.evaluation import EvaluationRead, read_evaluation
 from api.processes.service import get_run
 from api.projects.service import get_project
-from api.security import Permission, Principal, requires
 
 router = APIRouter(
     prefix="/projects/{project}/runs/{run_id}", tags=["runs"], responses=error_responses(401, 403, 404)

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import Field
 
-from api.schemas import Name, ReadModel, RequestModel
+from api.core.schemas import Name, ReadModel, RequestModel
 from shared.enums import ProcessStatus, RunStatus
 
 

@@ -11,14 +11,14 @@ from typing import NoReturn
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict, NotFound
+from api.core.errors import Conflict, NotFound
+from api.core.notify import Notifier
+from api.core.repository import get_by_name
 from api.models import Machine, Process, Project, Run, Template
 from api.models.base import utcnow
-from api.notify import Notifier
 from api.processes.lifecycle import Actor, record_event, request_stop, start_run
 from api.processes.schemas import ProcessRead, RunRead
 from api.projects.service import get_project
-from api.repository import get_by_name
 from shared.enums import ProcessStatus, ReasonCode
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import Select, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.access.service import forget_ended_login_failures
-from api.config import Settings
+from api.core.config import Settings
+from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.notify import Notifier
 from api.processes.lifecycle import SYSTEM, end_run, request_stop, withdraw_start
 from shared.enums import ACTIVE_RUN_STATUSES, CommandKind, CommandState, ReasonCode, RunStatus
 

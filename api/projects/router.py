@@ -3,14 +3,14 @@ from typing import Annotated
 from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
-from api.db import SessionDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.models import Project
 from api.projects import service
 from api.projects.membership import add_creator
 from api.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=error_responses(401, 403))
 

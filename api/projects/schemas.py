@@ -3,7 +3,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from api.schemas import Description, Name, ReadModel, RequestModel
+from api.core.schemas import Description, Name, ReadModel, RequestModel
 
 
 class ProjectCreate(RequestModel):

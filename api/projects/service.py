@@ -3,11 +3,11 @@
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict
+from api.core.errors import Conflict
+from api.core.repository import add_named, get_by_name
 from api.models import Dataset, Package, Process, Project, Template
 from api.models.base import utcnow
 from api.projects.schemas import ProjectCreate, ProjectUpdate
-from api.repository import add_named, get_by_name
 
 TEMPLATE_COUNT = (
     select(func.count()).where(Template.project_id == Project.id).correlate(Project).scalar_subquery()

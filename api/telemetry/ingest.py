@@ -30,12 +30,12 @@ import numpy as np
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from api.db import committed, on_sqlite_thread, stored
-from api.errors import NotFound
+from api.core.db import committed, on_sqlite_thread, stored
+from api.core.errors import NotFound
+from api.core.notify import Notifier
+from api.core.security import refuse_as_agent
 from api.models import RunTelemetry
 from api.models.base import utcnow
-from api.notify import Notifier
-from api.security import refuse_as_agent
 from api.telemetry.downsample import rollup_rows
 from api.telemetry.wire import Batch
 from shared.enums import ACTIVE_RUN_STATUSES, RunStatus
@@ -343,7 +343,7 @@ async def ingest(
     statements and the commit in one call on the driver's thread (through a session, the commit was a
     hand-off of its own, 0.6 to 1.3 ms a batch with SQLAlchemy's part); SQLite is served by one process,
     so the wake-up of the run's followers is the in-process notifier's, after the commit. On PostgreSQL,
-    a session, whose commit publishes the wake-up to the other processes (`api/notify.py`)."""
+    a session, whose commit publishes the wake-up to the other processes (`api/core/notify.py`)."""
     wakes = bool(len(batch.value) or len(batch.logs.text))
     if engine.dialect.name == "sqlite" and notifier.channel is None:
         key, now = _keys(engine.dialect, run_id)

@@ -10,15 +10,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
 
-from api import prometheus
-from api.db import SessionDep
-from api.deps import NotifierDep
-from api.errors import InvalidInput, error_responses
+from api.core import prometheus
+from api.core.db import SessionDep
+from api.core.deps import NotifierDep
+from api.core.errors import InvalidInput, error_responses
+from api.core.security import Permission, Principal, agent_for, bearer_digest, bearer_scheme, requires
 from api.models import Run
 from api.models.base import utcnow
 from api.processes.service import get_run
 from api.projects.service import get_project
-from api.security import Permission, Principal, agent_for, bearer_digest, bearer_scheme, requires
 from api.telemetry import ingest, service, wire
 from api.telemetry.schemas import LogsRead, MetricsRead
 from api.telemetry.wire import Batch

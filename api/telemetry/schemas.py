@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from api.schemas import ReadModel
+from api.core.schemas import ReadModel
 from shared.enums import RunStatus
 
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from api.errors import InvalidInput
+from api.core.errors import InvalidInput
 from shared.protocol import PackedPoints, TelemetryBatch, TelemetryLogs, TelemetryPoints
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.core.errors import InvalidInput
 from api.datasets import service as datasets
-from api.errors import InvalidInput
 from api.models import DatasetVersion, PackageVersion, Project, Template
 from api.packages import service as packages
 from api.packages.inspect import PARAMETER_RULES, coerce_parameter, kind_of

@@ -3,12 +3,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import select
 
-from api.db import SessionDep
-from api.errors import error_responses
+from api.core.db import SessionDep
+from api.core.errors import error_responses
+from api.core.schemas import Page, PageDep, fetch_page
+from api.core.security import Permission, Principal, requires
 from api.models import ModelType, Template
 from api.projects.service import get_project
-from api.schemas import Page, PageDep, fetch_page
-from api.security import Permission, Principal, requires
 from api.templates import service
 from api.templates.schemas import TemplateCreate, TemplateRead, TemplateUpdate
 

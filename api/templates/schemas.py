@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from api.schemas import Description, Name, ReadModel, RequestModel
+from api.core.schemas import Description, Name, ReadModel, RequestModel
 from shared.enums import PipelineType
 from shared.names import check_parameter_name, normalize_relative_path
 from shared.protocol import INT32_MAX

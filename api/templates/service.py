@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict, InvalidInput
+from api.core.errors import Conflict, InvalidInput
+from api.core.repository import add_named, get_by_name
 from api.models import ModelType, Process, Project, Template
 from api.models.base import utcnow
-from api.repository import add_named, get_by_name
 from api.templates.references import apply_references
 from api.templates.schemas import TemplateCreate, TemplateRead, TemplateUpdate
 

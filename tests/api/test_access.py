@@ -141,7 +141,7 @@ async def test_tokens_are_compared_in_constant_time(
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("api.security.hmac.compare_digest", spy)
+    monkeypatch.setattr("api.core.security.hmac.compare_digest", spy)
     async with as_user(app, token) as bob:
         ok(await bob.get("/auth/me"))
     async with agent_client(app, world.agent_token) as agent:

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from api.agent_routes import poll
 from api.agent_routes.poll import Poll
-from api.notify import Notifier
+from api.core.notify import Notifier
 from shared.protocol import Command
 from tests.api.world import (
     World,

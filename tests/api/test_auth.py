@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from pydantic import ValidationError
 
-from api.config import Settings
+from api.core.config import Settings
 from api.main import create_app
 from tests.api.conftest import DatabaseDump, count_rows, text_of
 from tests.api.world import agent_client, make_machine, make_world, ok, problem

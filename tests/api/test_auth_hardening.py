@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient, Response
 from sqlalchemy import text
 
-from api.config import Settings
+from api.core.config import Settings
 from api.main import create_app
 from api.models.base import utcnow
 from tests.api.access_kit import make_user, member_token, token_for

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient, Response
 
-from api.config import Settings
+from api.core.config import Settings
 from shared.names import RESERVED_PARAMETER_NAMES
 from tests.api.conftest import DatabaseDump, count_rows
 from tests.api.world import World, make_world, ok, problem

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from api.blobs import CHUNK_BYTES, LocalBlobStore, StoredBlob
-from api.errors import InvalidInput, NotFound, PayloadTooLarge
+from api.core.blobs import CHUNK_BYTES, LocalBlobStore, StoredBlob
+from api.core.errors import InvalidInput, NotFound, PayloadTooLarge
 
 
 @pytest.fixture

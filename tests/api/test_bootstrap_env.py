@@ -45,7 +45,7 @@ async def test_no_worker_holds_it_either(tmp_path: Path, scratch_postgres: str) 
             ok(await admin.get("/auth/me"))
 
 
-@pytest.mark.parametrize("module", ["api.bootstrap", "agent.cli"])
+@pytest.mark.parametrize("module", ["api.access.bootstrap", "agent.cli"])
 def test_the_programs_make_themselves_not_dumpable(module: str) -> None:
     code = (
         f"import ctypes, {module} as m; m.not_dumpable(); "

@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 
-from api.blobs import LocalBlobStore
-from api.config import Settings
+from api.core.blobs import LocalBlobStore
+from api.core.config import Settings
 from tests.api.conftest import DatabaseDump
 from tests.api.world import make_machine, ok, problem
 

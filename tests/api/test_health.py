@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from api.migrate import downgrade, upgrade
+from api.core.migrate import downgrade, upgrade
 from tests.api.world import ok, problem
 
 

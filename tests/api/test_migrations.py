@@ -17,10 +17,9 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from api.cli import main as cli_main
-from api.config import Settings
-from api.db import sync_url
-from api.main import SchemaNotCurrent, create_app
-from api.migrate import (
+from api.core.config import Settings
+from api.core.db import sync_url
+from api.core.migrate import (
     MIGRATE_COMMAND,
     alembic_config,
     current_revisions,
@@ -28,6 +27,7 @@ from api.migrate import (
     head_revisions,
     upgrade,
 )
+from api.main import SchemaNotCurrent, create_app
 from api.models import Base
 from tests.api.world import ok
 from tests.conftest import ADMIN_TOKEN, DATABASES, SECRET_KEY, _pg_admin_connect, _pg_url

@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from openapi_spec_validator import validate
 
-from api.config import Settings
+from api.core.config import Settings
+from api.core.openapi import SELF_SERVICE_NOTE, api_routes, self_service_operations
+from api.core.security import Permission
 from api.main import create_app
-from api.openapi import SELF_SERVICE_NOTE, api_routes, self_service_operations
-from api.security import Permission
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 # DESIGN.md: the one public route under /api/v1 (a token is what it gives out).

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.errors import InvalidInput
+from api.core.errors import InvalidInput
 from api.packages.inspect import (
     MAX_DECLARED_PARAMETERS,
     DeclaredParameter,

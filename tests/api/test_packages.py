@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from sqlalchemy import select
 
-from api.blobs import StoredBlob
+from api.core.blobs import StoredBlob
 from api.models import PackageVersion
 from api.packages import service
 from api.packages.inspect import PackageInfo, inspect_package

@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient, Response
 
 from api.access.catalogue import BUILTIN_ROLES
+from api.core.openapi import route_permissions
+from api.core.security import Permission as P
 from api.models.base import utcnow
-from api.openapi import route_permissions
-from api.security import Permission as P
 from tests.api.access_kit import make_user, member_token, token_for
 from tests.api.world import agent_client, make_world, ok, problem, start_run, take_commands
 
@@ -190,7 +190,7 @@ def test_every_operation_is_in_the_table_and_declares_what_it_says(app_without_d
 
 @pytest.fixture(scope="module")
 def app_without_database(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    from api.config import Settings
+    from api.core.config import Settings
     from api.main import create_app
 
     data_dir = tmp_path_factory.mktemp("matrix")
@@ -403,7 +403,7 @@ async def test_revoked_and_expired_tokens_open_nothing(
     ok(await client.post(f"/machines/{world.machine}/revoke-token"))
     async with client_for(app, expiring) as api:
         ok(await api.get("/api/v1/auth/me"))  # good until it expires
-    monkeypatch.setattr("api.security.utcnow", lambda: utcnow() + timedelta(hours=2))
+    monkeypatch.setattr("api.core.security.utcnow", lambda: utcnow() + timedelta(hours=2))
 
     operations = [o for o in all_operations(app) if NEEDS[o.operation_id] not in (PUBLIC, METRICS)]
     if is_postgres:

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from api.config import Settings
+from api.core.config import Settings
 from api.processes import sweeper as sweeper_module
 from api.processes.sweeper import Sweeper
 from tests.api.world import (

@@ -1,4 +1,4 @@
-"""What every request and answer is held to (api/transport.py, docs/deployment.md): secrets in URLs,
+"""What every request and answer is held to (api/core/transport.py, docs/deployment.md): secrets in URLs,
 header floods, the headers every answer carries, downloads as attachments, the data dir's modes.
 
 The first tests drive the real app in process on both databases; the last ones a real `trainyard-api
@@ -15,8 +15,8 @@ import httpx
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from api.access_log import RedactSecrets
-from api.transport import MAX_REQUEST_HEADERS, SECRET_QUERY_NAMES
+from api.core.access_log import RedactSecrets
+from api.core.transport import MAX_REQUEST_HEADERS, SECRET_QUERY_NAMES
 from tests.api.packages_kit import upload_package, valid_package, zip_bytes
 from tests.api.test_cli import http, serving, trainyard_api
 from tests.api.world import agent_client, make_world, ok, problem, report, start_run, take_commands

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from api.db import pg_conninfo
-from api.notify import CHANNEL, PgNotifier
+from api.core.db import pg_conninfo
+from api.core.notify import CHANNEL, PgNotifier
 from tests.api.test_cli import CLEAN_EXIT, http, serving, trainyard_api
 from tests.api.world import ok
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, _pg_admin_connect

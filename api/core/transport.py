@@ -3,9 +3,9 @@
 - A secret in the URL is refused, on every path (known or not, authenticated or not): URLs end up in
   access logs, proxies' logs, browser histories and `Referer` headers. A query parameter whose name,
   case-insensitively and with `-` read as `_`, is in `SECRET_QUERY_NAMES` answers 400 `token_in_url`
-  whatever its value; the access log redacts such values in every line (api/access_log.py).
+  whatever its value; the access log redacts such values in every line (api/core/access_log.py).
 - More than `MAX_REQUEST_HEADERS` header fields answer 431 `too_many_headers`. Their total size is
-  bounded by the server before the app (api/http_protocol.py).
+  bounded by the server before the app (api/core/http_protocol.py).
 - Every answer carries `X-Content-Type-Options: nosniff`, so that no browser runs a downloaded file
   as a page, and `Cache-Control: no-store` unless the route set its own: logins, new API tokens and
   agent tokens are in answers, and no answer of this API is meant for a shared cache.
@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import problem_response
+from api.core.errors import problem_response
 
 SECRET_QUERY_NAMES = frozenset(
     {

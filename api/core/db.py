@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from api.config import Settings
-from api.notify import Notifier
+from api.core.config import Settings
+from api.core.notify import Notifier
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import Forbidden, TrainyardError, problem_response
-from api.security import agent_for, authenticate, bearer_digest, bearer_scheme
+from api.core.errors import Forbidden, TrainyardError, problem_response
+from api.core.security import agent_for, authenticate, bearer_digest, bearer_scheme
 
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 AGENT_PATHS = "/api/v1/agent/"
@@ -66,6 +66,6 @@ def _authenticated_first(inner: Handler) -> Handler:
 
 
 def install_auth_first(app: FastAPI) -> None:
-    """Wrap the input-error handlers `api.errors` installed (call it after `install_error_handlers`)."""
+    """Wrap the input-error handlers `api.core.errors` installed (call it after `install_error_handlers`)."""
     for exc_class in (RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(exc_class, _authenticated_first(app.exception_handlers[exc_class]))

@@ -5,7 +5,7 @@ import re
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge, problem_response
+from api.core.errors import PayloadTooLarge, problem_response
 
 # The upload routes stream their bodies to the blob store under limits of their own; every other
 # route gets at most `max_bytes`, whatever its Content-Type says.

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, NullPool, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
-from api.db import sync_url
+from api.core.db import sync_url
 
 if TYPE_CHECKING:
     from alembic.config import Config

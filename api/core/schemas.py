@@ -13,7 +13,7 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from api.errors import InvalidInput
+from api.core.errors import InvalidInput
 from shared.names import normalize_name
 
 

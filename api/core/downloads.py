@@ -12,7 +12,7 @@ import anyio.to_thread
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from api.blobs import CHUNK_BYTES, BlobStore
+from api.core.blobs import CHUNK_BYTES, BlobStore
 
 OCTET_STREAM = "application/octet-stream"
 

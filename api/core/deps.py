@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.blobs import LocalBlobStore
-from api.config import Settings
-from api.notify import Notifier
+from api.core.blobs import LocalBlobStore
+from api.core.config import Settings
+from api.core.notify import Notifier
 
 
 async def get_settings(request: Request) -> Settings:

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Conflict, NotFound
+from api.core.errors import Conflict, NotFound
 from api.models import Base, Blob
 from api.models.base import utcnow
 

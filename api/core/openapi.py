@@ -10,8 +10,8 @@ from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute
 
-from api.errors import PROBLEM_CONTENT_TYPE
-from api.security import Permission, current_user
+from api.core.errors import PROBLEM_CONTENT_TYPE
+from api.core.security import Permission, current_user
 from shared.protocol import TelemetryBatch
 
 _DEFAULT_VALIDATION = "#/components/schemas/HTTPValidationError"
@@ -101,7 +101,7 @@ def install_openapi(app: FastAPI) -> None:
                 if validation.get("schema", {}).get("$ref") == _DEFAULT_VALIDATION:
                     responses["422"] = _problem_response("Invalid input")
                 if "application/json" in operation.get("requestBody", {}).get("content", {}):
-                    # Any JSON body may be malformed or too large (api/limits.py): say so, so that
+                    # Any JSON body may be malformed or too large (api/core/limits.py): say so, so that
                     # clients and schemathesis (tests/api/test_schemathesis.py) expect these answers.
                     for status, description in _JSON_BODY_ERRORS.items():
                         responses.setdefault(status, _problem_response(description))

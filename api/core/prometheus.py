@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import Unauthorized, error_responses
+from api.core.errors import Unauthorized, error_responses
 from api.models import Machine, Run
 from api.models.base import utcnow
 from shared.enums import RunStatus

@@ -209,7 +209,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         403: "forbidden",
         413: "body_too_large",
     }
-    # One title per code, whichever path raised it (api/limits.py refuses 413s with this title too).
+    # One title per code, whichever path raised it (api/core/limits.py refuses 413s with this title too).
     titles = {413: PayloadTooLarge.title}
     code = codes.get(exc.status_code, f"http_{exc.status_code}")
     title = titles.get(exc.status_code, str(exc.detail))
@@ -221,7 +221,7 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     response = problem_response(
         500, "internal_error", "Internal server error", "An unexpected error occurred."
     )
-    # Starlette's outermost middleware sends this one past api/transport.py: its headers are set here.
+    # Starlette's outermost middleware sends this one past api/core/transport.py: its headers are set here.
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
     return response

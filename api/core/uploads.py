@@ -15,8 +15,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.blobs import LocalBlobStore
-from api.errors import InvalidInput, PayloadTooLarge
+from api.core.blobs import LocalBlobStore
+from api.core.errors import InvalidInput, PayloadTooLarge
 from shared.archive import ArchiveError
 
 MAX_FIELD_BYTES = 64 * 1024

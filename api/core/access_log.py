@@ -6,12 +6,12 @@ took a tenth of a poll's CPU. Their successful requests are left out; their refu
 every request of people and bots, are logged as before. `/metrics` counts every request either way.
 
 Every line that is logged has the values of secret-named query parameters redacted (`RedactSecrets`):
-such a request is refused (api/transport.py), but uvicorn logs the refusal with its whole URL.
+such a request is refused (api/core/transport.py), but uvicorn logs the refusal with its whole URL.
 """
 
 import logging
 
-from api.transport import redact
+from api.core.transport import redact
 
 AGENT_PATHS = "/api/v1/agent/"
 _ACCESS_LOGGER = "uvicorn.access"

@@ -20,10 +20,10 @@ from typing import NoReturn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.access.catalogue import ensure_builtin_roles
-from api.config import Settings
-from api.db import create_engine, create_sessionmaker
-from api.notify import Notifier
-from api.security import ensure_bootstrap_admin
+from api.core.config import Settings
+from api.core.db import create_engine, create_sessionmaker
+from api.core.notify import Notifier
+from api.core.security import ensure_bootstrap_admin
 
 BOOTSTRAP_VARIABLE = "TRAINYARD_BOOTSTRAP_TOKEN"
 PR_SET_DUMPABLE = 4

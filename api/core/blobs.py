@@ -23,7 +23,7 @@ from typing import BinaryIO, Protocol, Self
 
 import anyio.to_thread
 
-from api.errors import InvalidInput, NotFound, PayloadTooLarge
+from api.core.errors import InvalidInput, NotFound, PayloadTooLarge
 
 BLOBS_FOLDER = "blobs"
 # One thread hop per MiB: large enough that hopping costs nothing next to the I/O, small enough that

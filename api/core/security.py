@@ -25,8 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.db import SessionDep
-from api.errors import Forbidden, NotFound, Unauthorized
+from api.core.db import SessionDep
+from api.core.errors import Forbidden, NotFound, Unauthorized
 from api.models import ApiToken, AuditEvent, Machine, Project, ProjectMember, Role, User
 from api.models.base import utcnow
 
@@ -149,7 +149,7 @@ class Principal:
 
 
 def _bearer_token(request: Request) -> str:
-    # A token in the URL never gets here: api/transport.py refuses it on every path, before routing.
+    # A token in the URL never gets here: api/core/transport.py refuses it on every path, before routing.
     header = request.headers.get("authorization")
     if header is None:
         raise Unauthorized("an `Authorization: Bearer <token>` header is required", code="missing_token")
@@ -322,7 +322,7 @@ def requires(permission: Permission) -> Any:
 
     Under `/projects/{project}` the permission is checked in that project (404 first if the caller
     cannot see it); elsewhere it must be held in at least one project (or by an administrator).
-    The OpenAPI document lists it as the operation's `x-permission` (api/openapi.py).
+    The OpenAPI document lists it as the operation's `x-permission` (api/core/openapi.py).
     """
 
     async def check(request: Request, principal: CurrentUser, session: SessionDep) -> Principal:

@@ -7,7 +7,7 @@ subclass counts the bytes received while a request's head is incomplete, and mea
 complete; past `MAX_HEAD_BYTES` it answers 431 `request_head_too_large` and closes the connection;
 what it holds of a head is at most the limit plus one read. A body's bytes never count: a 1 GB
 upload passes (bench/upload_memory.py sends one). The number of header fields is bounded in the app
-(api/transport.py), so that it holds under any server.
+(api/core/transport.py), so that it holds under any server.
 
 It leans on uvicorn's `HttpToolsProtocol` (`data_received`, the parser's `on_message_begin`,
 `on_headers_complete`, `on_body`, `on_message_complete`, and its `url` and `headers`);
