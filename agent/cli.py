@@ -16,10 +16,15 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from agent.config import AgentSettings, default_work_dir
+
+if TYPE_CHECKING:
+    from agent.client import ApiClient
+    from agent.daemon import Agent
 
 EXIT_USAGE = 2
 PR_SET_DUMPABLE = 4
@@ -37,12 +42,39 @@ def _settings(api: str | None) -> AgentSettings:
         raise SystemExit(f"trainyard-agent: invalid settings: {problems}") from None
 
 
+def build_agent(settings: AgentSettings, client: ApiClient) -> Agent:
+    """The daemon and its parts, each made here and handed in: the API client, the run states, the
+    input cache, the GPUs and their pool, the run user, each run's telemetry shipper."""
+    from agent.daemon import Agent
+    from agent.gpus import GpuPool, discover
+    from agent.machine import Machine, RunUser
+    from agent.run_state import StateStore
+    from agent.telemetry import RunTelemetry
+    from agent.workdir import BlobCache
+
+    work_dir = Path(settings.agent_work_dir)
+    gpus = discover()
+    machine = Machine(
+        settings=settings,
+        client=client,
+        cache=BlobCache(work_dir),
+        states=StateStore(work_dir),
+        gpus=GpuPool([gpu.index for gpu in gpus]),
+        runner=Path(),  # installed by the daemon's start-up, under its lock on the work dir
+        run_user=RunUser.resolve(settings.run_as),
+        python=settings.run_python,
+        telemetry=lambda client, run_id, folder, started_at: RunTelemetry(
+            client, run_id, folder, started_at=started_at
+        ),
+    )
+    return Agent(machine, gpus)
+
+
 async def _serve(settings: AgentSettings) -> None:
     from agent.client import ApiClient
-    from agent.daemon import Agent
 
     async with ApiClient(settings) as client:
-        agent = Agent(settings, client)
+        agent = build_agent(settings, client)
         if settings.agent_metrics_port is not None:
             from agent.metrics import start_metrics_server  # prometheus-client only when asked for
 

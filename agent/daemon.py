@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
 import uuid
@@ -25,23 +24,13 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from agent import __version__
-from agent.client import ApiClient, ApiRejected
-from agent.config import AgentSettings
+from agent.client import ApiRejected
 from agent.environments import prune, requirements_hash
-from agent.executor import (
-    Execution,
-    Machine,
-    RunState,
-    RunUser,
-    StateStore,
-    install_runtime,
-)
-from agent.gpus import GpuPool, discover
-from agent.sandbox import Launcher, LaunchRefused, Limits, describe_python, interpreter_folders, preflight
-from agent.telemetry import RunTelemetry
-from agent.workdir import BlobCache, RunFolder
+from agent.executor import Execution
+from agent.machine import Machine, install_runtime, prepare_launches
+from agent.run_state import RunState
 from shared.enums import CommandKind, CommandState, ReasonCode
-from shared.protocol import Command, ExitedEvent, Hello, StartRunPayload, StopRunPayload
+from shared.protocol import Command, ExitedEvent, GpuInfo, Hello, StartRunPayload, StopRunPayload
 
 logger = logging.getLogger(__name__)
 
@@ -101,34 +90,27 @@ def read_pid(work_dir: Path) -> int | None:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, client: ApiClient) -> None:
-        self.settings = settings
-        self.client = client
-        work_dir = Path(settings.agent_work_dir)
-        self.states = StateStore(work_dir)
+    """The daemon, built from its parts (`agent/cli.py` makes them): `machine` holds the API client,
+    the state store, the input cache, the GPU pool and how runs are launched; `gpus` is what `hello`
+    reports. `run()` is the daemon's life; `start()` then `run_once()` is one turn of it, for tests."""
+
+    def __init__(self, machine: Machine, gpus: list[GpuInfo]) -> None:
+        self.machine = machine
+        self.settings = machine.settings
+        self.client = machine.client
+        self.states = machine.states
+        self.gpus = gpus
         self.runs: dict[uuid.UUID, Execution] = {}
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.draining = asyncio.Event()
         self.detaching = asyncio.Event()
         self.drained = asyncio.Event()  # draining, and the last run in hand is done
-        self.gpus = discover()
-        self.machine = Machine(
-            settings=settings,
-            client=client,
-            cache=BlobCache(work_dir),
-            states=self.states,
-            gpus=GpuPool([gpu.index for gpu in self.gpus]),
-            runner=Path(),
-            run_user=RunUser.resolve(settings.run_as),
-            python=settings.run_python,
-            telemetry=_telemetry,
-        )
 
     # -- life ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        work_dir = Path(self.settings.agent_work_dir)
-        pid_file = PidFile(work_dir)
+        """Until SIGTERM/SIGINT (detach) or the end of a drain, holding the work dir's lock."""
+        pid_file = PidFile(Path(self.settings.agent_work_dir))
         await asyncio.to_thread(pid_file.acquire)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -136,13 +118,7 @@ class Agent:
         loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
         loop.add_signal_handler(signal.SIGUSR2, _log_tasks)
         try:
-            self.states.ensure()
-            self.machine.runner = await asyncio.to_thread(install_runtime, work_dir)
-            await self.prepare_launches()
-            for state in self.states.unfinished():
-                logger.info("run %s: re-adopting it (%s)", state.run_id, state.phase)
-                self._take(state)
-            await self.hello()
+            await self.start()
             housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
             try:
                 await self._serve()
@@ -151,50 +127,35 @@ class Agent:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL, signal.SIGUSR2):
                 loop.remove_signal_handler(signum)
-            await self._detach_runs()
+            await self.close()
             pid_file.release()
 
-    async def prepare_launches(self) -> None:
-        """Learn what the run interpreter is, set up how runs are launched, and launch the probe the
-        same way: an agent whose packages could never start refuses to start (LaunchRefused)."""
-        settings, machine = self.settings, self.machine
-        sandbox = settings.sandbox == "bwrap"
-        if sandbox:
-            for program in ("bwrap", *(("setpriv",) if os.geteuid() == 0 else ())):
-                if shutil.which(program) is None:
-                    raise LaunchRefused(
-                        f"TRAINYARD_SANDBOX=bwrap needs {program}, which is not installed "
-                        "(Debian: apt-get install bubblewrap util-linux)"
-                    )
-        machine.interpreter = await describe_python(settings.run_python)
-        user = machine.run_user
-        machine.launcher = Launcher(
-            uid=user.uid if user else None,
-            gid=user.gid if user else None,
-            sandbox=sandbox,
-            network=settings.sandbox_network,
-            limits=Limits(settings.run_memory_bytes, settings.run_cpu_seconds, settings.run_max_processes),
-            readable=interpreter_folders(machine.interpreter),
-            hidden=tuple(str(p) for p in (settings.agent_token_file,) if p is not None),
-            bwrap=shutil.which("bwrap") or "bwrap",
-        )
-        name = user.name if user else "(the agent's own user)"
-        work_dir = Path(settings.agent_work_dir)
-        await preflight(machine.launcher, settings.run_python, machine.runner, work_dir, name)
-        if user is None and os.geteuid() == 0:
-            logger.warning("packages run as root (TRAINYARD_ALLOW_UNSAFE_RUN_USER): for throwaway machines")
-        elif user is None and not sandbox:
-            logger.warning(
-                "packages run as the agent's own user without a sandbox (TRAINYARD_ALLOW_UNSAFE_RUN_USER): "
-                "a package can read the agent's token"
-            )
-        logger.info(
-            "runs: as %s, %s, Python %s (%s)",
-            name,
-            "in a bubblewrap sandbox" if sandbox else "without a sandbox",
-            machine.interpreter.get("version"),
-            settings.run_python,
-        )
+    async def start(self) -> None:
+        """Start-up: the run-side files installed in the work dir, how runs are launched (checked by a
+        probe: `LaunchRefused` when no run could ever start), the runs of a previous life re-adopted,
+        and `hello`."""
+        self.states.ensure()
+        self.machine.runner = await asyncio.to_thread(install_runtime, Path(self.settings.agent_work_dir))
+        await prepare_launches(self.machine)
+        for state in self.states.unfinished():
+            logger.info("run %s: re-adopting it (%s)", state.run_id, state.phase)
+            self._take(state)
+        await self.hello()
+
+    async def run_once(self, wait: float = 0.0) -> list[Command]:
+        """One turn: one poll (held by the API up to `wait` seconds) and each command it brought
+        handled. A run it starts goes on in its own task, in `tasks` until it is done."""
+        commands = await self.client.poll(wait)
+        await self._handle_all(commands)
+        return commands
+
+    async def close(self) -> None:
+        """Let go of the runs in hand (they go on; the next start re-adopts them)."""
+        for task in self.tasks.values():
+            task.cancel()
+        for task in list(self.tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def detach(self) -> None:
         """SIGTERM: leave; runs go on, and the next start re-adopts them."""
@@ -242,10 +203,7 @@ class Agent:
                         return
                     continue  # drained: the loop's head says goodbye
                 commands = poll.result()
-                left = 0
-                for command in commands:
-                    if not await self._handle_safely(command):
-                        left += 1
+                left = await self._handle_all(commands)
                 if left and left == len(commands):  # only starts left for the next agent: no busy loop
                     await asyncio.wait({detached}, timeout=DRAIN_POLL_SECONDS)
         finally:
@@ -278,14 +236,15 @@ class Agent:
                     logger.info("removed %d unused cached input file(s), %d bytes", files, freed)
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
-    async def _detach_runs(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        for task in list(self.tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
     # -- commands --------------------------------------------------------------------------------
+
+    async def _handle_all(self, commands: list[Command]) -> int:
+        """Each command in turn; how many were left for the next agent."""
+        left = 0
+        for command in commands:
+            if not await self._handle_safely(command):
+                left += 1
+        return left
 
     async def _handle_safely(self, command: Command) -> bool:
         """`handle`, but a command the agent cannot read is acknowledged and logged, never fatal."""
@@ -383,7 +342,3 @@ def _log_tasks() -> None:
                 frames.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
         logger.warning("task %s waits in:\n%s", task.get_name(), "\n".join(frames))
-
-
-def _telemetry(client: ApiClient, run_id: uuid.UUID, folder: RunFolder, started_at: float) -> RunTelemetry:
-    return RunTelemetry(client, run_id, folder, started_at=started_at)

@@ -1,10 +1,12 @@
-"""The daemon's command handling against the real API app in process: a command delivered again is a
-no-op, a stop for a run the agent never had ends it, a malformed command is not fatal, and the
-executor's view of an outcome."""
+"""The daemon against the real API app in process: one turn of it carries a start to a finished run;
+a command delivered again is a no-op, a stop for a run the agent never had ends it, a malformed
+command is not fatal; and the executor's view of an outcome."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +15,12 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
+from agent.cli import build_agent
 from agent.client import ApiClient
 from agent.daemon import Agent
-from agent.executor import Execution, RunState, zip_folder
+from agent.executor import Execution
+from agent.run_outputs import zip_folder
+from agent.run_state import RunState
 from shared.enums import CommandKind, ReasonCode
 from shared.protocol import Command
 from tests.agent.test_client import agent_settings
@@ -31,12 +36,42 @@ async def world(client: AsyncClient) -> World:
 async def agent(app: FastAPI, world: World, tmp_path: Path) -> AsyncIterator[Agent]:
     settings = agent_settings(world.agent_token, tmp_path)
     async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
-        the_agent = Agent(settings, api)
+        the_agent = build_agent(settings, api)
         the_agent.states.ensure()
         the_agent._take = lambda state: the_agent.runs.setdefault(  # type: ignore[method-assign]
             state.run_id, Execution(the_agent.machine, state)
         )
         yield the_agent
+
+
+async def test_one_turn_carries_a_start_to_a_finished_run(
+    app: FastAPI, client: AsyncClient, world: World, tmp_path: Path
+) -> None:
+    settings = agent_settings(world.agent_token, tmp_path).model_copy(
+        # As root, packages run as root itself, explicitly: this machine's Python lives under /root.
+        update={
+            "run_as": "root" if os.geteuid() == 0 else None,
+            "allow_unsafe_run_user": True,
+            "package_venvs": False,  # the agent's own Python: no pip, no network
+        }
+    )
+    run = await start_run(client, world)
+    async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
+        agent = build_agent(settings, api)
+        await agent.start()  # the run-side files, the launch probe, hello
+        try:
+            commands = await agent.run_once()
+            assert [(c.kind, str(c.run_id)) for c in commands] == [(CommandKind.START_RUN, run["id"])]
+            assert list(agent.runs) == [uuid.UUID(run["id"])]
+            await asyncio.wait_for(asyncio.gather(*agent.tasks.values()), timeout=120)
+            assert agent.runs == {} and agent.tasks == {}
+            assert await agent.run_once() == []  # acknowledged: nothing more to do
+        finally:
+            await agent.close()
+    finished = await get_run(client, world, run["id"])
+    assert finished["status"] == "succeeded", finished
+    state = json.loads(agent.states.path(uuid.UUID(run["id"])).read_text())
+    assert state["phase"] == "done" and state["exit_code"] == 0
 
 
 async def test_a_start_delivered_twice_is_carried_out_once(

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from agent.executor import command_lines, process_start_time
+from agent.run_process import command_lines, process_start_time
 from tests.api.packages_kit import zip_bytes
 from tests.api.test_cli import COMMAND as API_COMMAND
 from tests.api.test_cli import Server, serving, trainyard_api

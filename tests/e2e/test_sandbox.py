@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.executor import command_lines
+from agent.run_process import command_lines
 from tests.api.world import ok
 from tests.e2e.harness import PROJECT, WAIT_SECONDS, package, stack, user_exists
 
