@@ -37,10 +37,10 @@ from api.machines.router import router as machines_router
 from api.model_types.router import router as model_types_router
 from api.packages.router import router as packages_router
 from api.processes.router import router as processes_router
-from api.processes.router import runs_router
-from api.processes.run_outputs import router as run_outputs_router
-from api.processes.sweeper import Sweeper
 from api.projects.router import router as projects_router
+from api.runs.outputs_router import router as run_outputs_router
+from api.runs.router import router as runs_router
+from api.runs.sweeper import Sweeper
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router

@@ -11,8 +11,6 @@ from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.agent_routes import outputs
-from api.agent_routes.service import machine_run
 from api.core.blobs import check_sha256
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
@@ -24,6 +22,8 @@ from api.core.uploads import receive_body
 from api.datasets import service as datasets
 from api.models import Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
 from api.packages.service import check_package
+from api.runs import outputs
+from api.runs.service import machine_run
 from shared.enums import RunStatus
 from shared.names import InvalidName, normalize_relative_path
 from shared.protocol import DatasetManifest, ManifestFile, OutputReply, SnapshotUpload

@@ -40,7 +40,7 @@ from api.core.notify import Notifier
 from api.core.security import bearer_digest, bearer_scheme, refuse_as_agent
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.processes.lifecycle import UNTAKEN_COMMAND_STATES
+from api.runs.lifecycle import UNTAKEN_COMMAND_STATES
 from shared.enums import CommandKind, CommandState
 from shared.protocol import MAX_POLL_WAIT_SECONDS, Command
 

@@ -16,6 +16,8 @@ from api.core.errors import NotFound, error_responses
 from api.core.notify import Notifier
 from api.core.security import CurrentAgent
 from api.models import Machine
+from api.runs import reports
+from api.runs import service as runs
 from shared.protocol import (
     MAX_POLL_WAIT_SECONDS,
     Command,
@@ -87,5 +89,5 @@ async def report_run_event(
 ) -> RunEventReply:
     """A fact about a run: `launched`, `stage`, `exited`, `finished` (the commit point)."""
     machine = await _machine(session, agent)
-    run = await service.machine_run(session, machine.id, run_id)
-    return await service.report_event(session, notifier, machine, run, event)
+    run = await runs.machine_run(session, machine.id, run_id)
+    return await reports.report_event(session, notifier, machine, run, event)

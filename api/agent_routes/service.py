@@ -1,50 +1,32 @@
-"""The API side of the agent protocol: the agent reports facts, these functions decide the states."""
+"""The API side of the agent protocol: the agent reports facts, these functions decide the states.
+
+What a run's facts (launched, stage, exited, finished) do to it is the run's: `api/runs/reports.py`.
+"""
 
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.agent_routes import outputs
 from api.core.errors import NotFound
 from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.processes.lifecycle import UNTAKEN_COMMAND_STATES, Actor, end_run, transition
+from api.runs.lifecycle import UNTAKEN_COMMAND_STATES, agent_actor, end_run
 from shared.enums import (
     ACTIVE_RUN_STATUSES,
-    ENDED_RUN_STATUSES,
-    ActorKind,
     CommandKind,
     CommandState,
     ReasonCode,
     RunStatus,
 )
-from shared.protocol import (
-    ExitedEvent,
-    FinishedEvent,
-    Hello,
-    LaunchedEvent,
-    RunEventReply,
-    StageEvent,
-)
+from shared.protocol import Hello
 
 MAX_COMMANDS_PER_POLL = 100
-# An ended run, succeeded included, is one the agent must not (re)start or keep: a late report about it
-# changes nothing and the reply tells the agent to let it go.
-_SHOULD_STOP = ENDED_RUN_STATUSES | {RunStatus.STOPPING}
-# A fact is judged against the run's status as read; if a concurrent change (a user's stop) moves the run
-# first, it is judged again. Statuses only move forward, so a few rounds always settle it.
-_DECISIONS = len(ACTIVE_RUN_STATUSES) + 1
 
 
 SEEN_RESOLUTION = timedelta(seconds=1)
-
-
-def agent_actor(machine: Machine) -> Actor:
-    return Actor(ActorKind.AGENT, machine.id, machine.name)
 
 
 # Conditional, so that of a machine's requests at once only the first writes (and locks) the row.
@@ -152,158 +134,3 @@ async def acknowledge(session: AsyncSession, machine_id: uuid.UUID, command_id: 
     if state is None:
         raise NotFound(f"no command {command_id} for this machine", code="command_not_found")
     return CommandState(state)
-
-
-async def machine_run(session: AsyncSession, machine_id: uuid.UUID, run_id: uuid.UUID) -> Run:
-    run = await session.scalar(select(Run).where(Run.id == run_id, Run.machine_id == machine_id))
-    if run is None:
-        raise NotFound(f"no run {run_id} on this machine", code="run_not_found")
-    return run
-
-
-async def report_event(
-    session: AsyncSession,
-    notifier: Notifier,
-    machine: Machine,
-    run: Run,
-    event: LaunchedEvent | StageEvent | ExitedEvent | FinishedEvent,
-) -> RunEventReply:
-    """Apply one fact. Facts about an ended run are accepted and change nothing; the reply says stop."""
-    actor = agent_actor(machine)
-    now = utcnow()
-    if isinstance(event, LaunchedEvent):
-        deadline = now + _duration(run)
-        launched = await transition(
-            session, run, RunStatus.RUNNING, actor, launched_at=now, deadline_at=deadline
-        )
-        if not launched and run.status == RunStatus.STOPPING and run.launched_at is None:
-            await _set(session, run, launched_at=now, deadline_at=deadline)
-    elif isinstance(event, StageEvent):
-        if RunStatus(run.status) in ACTIVE_RUN_STATUSES:
-            await _set(
-                session, run, stage=event.stage, progress=event.progress, eta_seconds=event.eta_seconds
-            )
-    elif isinstance(event, ExitedEvent):
-        await _exited(session, notifier, run, actor, event)
-    else:
-        await _finished(session, notifier, run, actor)
-    status = RunStatus(run.status)
-    return RunEventReply(run_id=run.id, status=status, stop=status in _SHOULD_STOP)
-
-
-def _duration(run: Run) -> timedelta:
-    return timedelta(seconds=int(run.config.get("max_duration_seconds", 3600)))
-
-
-async def _set(session: AsyncSession, run: Run, **values: object) -> None:
-    await session.execute(
-        update(Run)
-        .where(Run.id == run.id, Run.status.in_([s.value for s in ACTIVE_RUN_STATUSES]))
-        .values(**values),
-        execution_options={"synchronize_session": False},
-    )
-    await session.refresh(run)
-
-
-async def _exited(
-    session: AsyncSession, notifier: Notifier, run: Run, actor: Actor, event: ExitedEvent
-) -> None:
-    exit_values: dict[str, Any] = {"exit_code": event.exit_code, "exit_signal": event.signal}
-    for _ in range(_DECISIONS):
-        status = RunStatus(run.status)
-        if status not in ACTIVE_RUN_STATUSES:
-            return
-        as_read = frozenset({status})
-        if status is RunStatus.STOPPING or event.reason_code is ReasonCode.MAX_DURATION:
-            reason = (
-                ReasonCode(run.reason_code)
-                if run.reason_code
-                else (event.reason_code or ReasonCode.USER_STOP)
-            )
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.STOPPED,
-                actor,
-                reason,
-                event.error_tail,
-                only_from=as_read,
-                **exit_values,
-            )
-        elif event.exit_code == 0 and event.signal is None:
-            # Success is decided on `finished`, once the outputs are in.
-            decided = status is not RunStatus.STARTING or await transition(
-                session, run, RunStatus.RUNNING, actor, only_from=as_read, launched_at=utcnow()
-            )
-            if decided:
-                await _set(session, run, **exit_values)
-        else:
-            reason = event.reason_code or ReasonCode.EXIT_NONZERO
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.FAILED,
-                actor,
-                reason,
-                event.error_tail,
-                only_from=as_read,
-                **exit_values,
-            )
-        if decided:
-            return
-
-
-async def _finished(session: AsyncSession, notifier: Notifier, run: Run, actor: Actor) -> None:
-    for _ in range(_DECISIONS):
-        status = RunStatus(run.status)
-        as_read = frozenset({status})
-        if status is RunStatus.STOPPING:
-            reason = ReasonCode(run.reason_code or ReasonCode.USER_STOP)
-            decided = await end_run(
-                session, notifier, run, RunStatus.STOPPED, actor, reason, only_from=as_read
-            )
-        elif status is RunStatus.RUNNING and run.exit_code == 0:
-            missing = await outputs.missing_outputs(session, run)
-            if missing is not None:
-                decided = await end_run(
-                    session,
-                    notifier,
-                    run,
-                    RunStatus.FAILED,
-                    actor,
-                    ReasonCode.MISSING_OUTPUTS,
-                    missing,
-                    only_from=as_read,
-                )
-            else:
-                # The commit point: the status, the new version and _results.json in one transaction.
-                decided = await end_run(
-                    session,
-                    notifier,
-                    run,
-                    RunStatus.SUCCEEDED,
-                    actor,
-                    ReasonCode.COMPLETED,
-                    only_from=as_read,
-                    progress=1.0,
-                    eta_seconds=0.0,
-                )
-                if decided:
-                    await outputs.commit_outputs(session, run)
-        elif status in ACTIVE_RUN_STATUSES:
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.FAILED,
-                actor,
-                ReasonCode.EXCEPTION,
-                "the agent reported `finished` without a successful exit",
-                only_from=as_read,
-            )
-        else:
-            return
-        if decided:
-            return

@@ -1,6 +1,6 @@
 """Training processes: Primo's actions (create, start, stop, disable, enable, restart, delete).
 
-Each action is one conditional UPDATE on the process row; the run's own moves are in lifecycle.py.
+Each action is one conditional UPDATE on the process row; the run's own moves are in api/runs/lifecycle.py.
 """
 
 import unicodedata
@@ -15,10 +15,10 @@ from api.core.errors import Conflict, NotFound
 from api.core.notify import Notifier
 from api.core.repository import get_by_name
 from api.models import Machine, Process, Project, Run, Template
-from api.models.base import utcnow
-from api.processes.lifecycle import Actor, record_event, request_stop, start_run
-from api.processes.schemas import ProcessRead, RunRead
+from api.processes.schemas import ProcessRead
 from api.projects.service import get_project
+from api.runs.lifecycle import Actor, record_event, request_stop, start_run
+from api.runs.service import run_read
 from shared.enums import ProcessStatus, ReasonCode
 
 
@@ -63,13 +63,6 @@ async def load_process(session: AsyncSession, project_name: str, process_id: uui
         raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
     process, project, template, machine = row
     return LoadedProcess(process, project, template, machine)
-
-
-async def get_run(session: AsyncSession, project: Project, run_id: uuid.UUID) -> Run:
-    run = await session.scalar(select(Run).where(Run.id == run_id, Run.project_id == project.id))
-    if run is None:
-        raise NotFound(f"no run {run_id} in project {project.name!r}", code="run_not_found")
-    return run
 
 
 async def create_process(
@@ -222,16 +215,6 @@ async def delete_process(session: AsyncSession, process: Process) -> None:
         execution_options={"synchronize_session": False},
     )
     session.expunge(process)
-
-
-def run_read(run: Run, project_name: str, machine_name: str) -> RunRead:
-    columns = {column.key: getattr(run, column.key) for column in Run.__table__.columns}
-    elapsed = None
-    if run.launched_at is not None:
-        elapsed = ((run.ended_at or utcnow()) - run.launched_at).total_seconds()
-    return RunRead.model_validate(
-        {**columns, "project": project_name, "machine": machine_name, "elapsed_seconds": elapsed}
-    )
 
 
 async def process_read(session: AsyncSession, process: Process) -> ProcessRead:

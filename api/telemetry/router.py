@@ -17,8 +17,8 @@ from api.core.errors import InvalidInput, error_responses
 from api.core.security import Permission, Principal, agent_for, bearer_digest, bearer_scheme, requires
 from api.models import Run
 from api.models.base import utcnow
-from api.processes.service import get_run
 from api.projects.service import get_project
+from api.runs.service import get_run
 from api.telemetry import ingest, service, wire
 from api.telemetry.schemas import LogsRead, MetricsRead
 from api.telemetry.wire import Batch

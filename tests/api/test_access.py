@@ -11,7 +11,7 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 
 from api.models.base import utcnow
-from api.processes.sweeper import Sweeper
+from api.runs.sweeper import Sweeper
 from tests.api.access_kit import make_user, member_token, token_for
 from tests.api.conftest import DatabaseDump, text_of
 from tests.api.world import agent_client, make_world, ok, problem

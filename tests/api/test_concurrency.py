@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 
-from api.agent_routes import service as agent_service
+from api.runs import service as runs_service
 from tests.api.world import (
     World,
     agent_client,
@@ -266,7 +266,7 @@ async def test_an_exit_read_before_a_stop_committed_is_decided_on_the_stopping_r
         run = await start_run(client, world)
         await take_commands(agent)
         await report(agent, run["id"], "launched")
-        read_run = agent_service.machine_run
+        read_run = runs_service.machine_run
         stops: list[dict[str, Any]] = []
 
         async def read_then_stop(session: Any, machine_id: Any, run_id: Any) -> Any:
@@ -274,7 +274,7 @@ async def test_an_exit_read_before_a_stop_committed_is_decided_on_the_stopping_r
             stops.append(ok(await client.post(f"{world.process_path}/stop"), 202))
             return found
 
-        monkeypatch.setattr(agent_service, "machine_run", read_then_stop)
+        monkeypatch.setattr(runs_service, "machine_run", read_then_stop)
         reply = await report(agent, run["id"], "exited", exit_code=1, error_tail="Terminated")
     assert stops[0]["status"] == "stopping"
     assert reply == {"run_id": run["id"], "status": "stopped", "stop": True}

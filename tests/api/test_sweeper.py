@@ -1,4 +1,4 @@
-"""The API's clock (api/processes/sweeper.py): start timeouts, maximum durations, offline and lost agents.
+"""The API's clock (api/runs/sweeper.py): start timeouts, maximum durations, offline and lost agents.
 
 Each test builds its own Sweeper with tiny timeouts and calls `sweep_once()` itself; the app's own
 sweeper is parked (tests/conftest.py). A deadline minutes away is reached by moving the sweeper's
@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 
 from api.core.config import Settings
-from api.processes import sweeper as sweeper_module
-from api.processes.sweeper import Sweeper
+from api.runs import sweeper as sweeper_module
+from api.runs.sweeper import Sweeper
 from tests.api.world import (
     World,
     add_process,

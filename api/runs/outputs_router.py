@@ -13,9 +13,9 @@ from api.core.downloads import blob_response, media_type_of
 from api.core.errors import NotFound, error_responses
 from api.core.security import Permission, Principal, requires
 from api.models import RunOutput
-from api.processes.evaluation import EvaluationRead, read_evaluation
-from api.processes.service import get_run
 from api.projects.service import get_project
+from api.runs.evaluation import EvaluationRead, read_evaluation
+from api.runs.service import get_run
 
 router = APIRouter(
     prefix="/projects/{project}/runs/{run_id}", tags=["runs"], responses=error_responses(401, 403, 404)

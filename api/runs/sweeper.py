@@ -19,7 +19,7 @@ from api.core.config import Settings
 from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
-from api.processes.lifecycle import SYSTEM, end_run, request_stop, withdraw_start
+from api.runs.lifecycle import SYSTEM, end_run, request_stop, withdraw_start
 from shared.enums import ACTIVE_RUN_STATUSES, CommandKind, CommandState, ReasonCode, RunStatus
 
 logger = logging.getLogger(__name__)

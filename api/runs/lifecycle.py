@@ -367,3 +367,7 @@ async def end_run(
 
 def actor_of(kind: ActorKind, principal_id: uuid.UUID, name: str) -> Actor:
     return Actor(kind, principal_id, name)
+
+
+def agent_actor(machine: Machine) -> Actor:
+    return Actor(ActorKind.AGENT, machine.id, machine.name)
