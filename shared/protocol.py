@@ -22,6 +22,9 @@ MAX_POLL_WAIT_SECONDS = 30
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ERROR_TAIL_MAX_CHARS = 16_384
+# A template's maximum run time when it names none (the API's schema and model), and what the API
+# assumes for a run whose frozen start payload lacks one.
+DEFAULT_MAX_DURATION_SECONDS = 3600
 
 
 class AgentRequest(BaseModel):

@@ -8,6 +8,7 @@ from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.models.base import Base, JSONDocument, new_id, utcnow
+from shared.protocol import DEFAULT_MAX_DURATION_SECONDS
 
 
 class Template(Base):
@@ -32,7 +33,7 @@ class Template(Base):
     test_dataset_path: Mapped[str | None] = mapped_column(String(1024), default=None)
     augmentation: Mapped[str] = mapped_column(String(64), default="none")
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
-    max_duration_seconds: Mapped[int] = mapped_column(default=3600)
+    max_duration_seconds: Mapped[int] = mapped_column(default=DEFAULT_MAX_DURATION_SECONDS)
     save_training_data: Mapped[bool] = mapped_column(Boolean, default=False)
     gpus: Mapped[int] = mapped_column(default=0)
     processes: Mapped[int] = mapped_column(default=1)

@@ -16,7 +16,14 @@ from api.models.base import utcnow
 from api.runs import outputs
 from api.runs.lifecycle import Actor, agent_actor, end_run, transition
 from shared.enums import ACTIVE_RUN_STATUSES, ENDED_RUN_STATUSES, ReasonCode, RunStatus
-from shared.protocol import ExitedEvent, FinishedEvent, LaunchedEvent, RunEventReply, StageEvent
+from shared.protocol import (
+    DEFAULT_MAX_DURATION_SECONDS,
+    ExitedEvent,
+    FinishedEvent,
+    LaunchedEvent,
+    RunEventReply,
+    StageEvent,
+)
 
 # An ended run, succeeded included, is one the agent must not (re)start or keep: a late report about it
 # changes nothing and the reply tells the agent to let it go.
@@ -57,7 +64,7 @@ async def report_event(
 
 
 def _duration(run: Run) -> timedelta:
-    return timedelta(seconds=int(run.config.get("max_duration_seconds", 3600)))
+    return timedelta(seconds=int(run.config.get("max_duration_seconds", DEFAULT_MAX_DURATION_SECONDS)))
 
 
 async def _set(session: AsyncSession, run: Run, **values: object) -> None:

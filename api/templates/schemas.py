@@ -7,7 +7,7 @@ from pydantic import AfterValidator, Field, field_validator
 from api.core.schemas import Description, Name, ReadModel, RequestModel
 from shared.enums import PipelineType
 from shared.names import check_parameter_name, normalize_relative_path
-from shared.protocol import INT32_MAX
+from shared.protocol import DEFAULT_MAX_DURATION_SECONDS, INT32_MAX
 from shared.versions import Version
 
 MAX_PARAMETERS = 256
@@ -79,7 +79,7 @@ class TemplateCreate(_TemplateFields):
     pipeline_type: PipelineType = PipelineType.TRAINING
     augmentation: Augmentation = "none"
     parameters: Parameters = Field(default_factory=dict)
-    max_duration_seconds: Annotated[int, Field(ge=1, le=MAX_DURATION_LIMIT)] = 3600
+    max_duration_seconds: Annotated[int, Field(ge=1, le=MAX_DURATION_LIMIT)] = DEFAULT_MAX_DURATION_SECONDS
     save_training_data: bool = False
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     processes: Annotated[int, Field(ge=1, le=64)] = 1
