@@ -1,0 +1,137 @@
+"""The import rules of the layout, read from the source with `ast` (the code is never imported).
+
+- `shared/` is the wire: it imports neither `api` nor `agent`.
+- `api/` and `agent/` never import each other.
+- `api/core/` is infrastructure: of `api`, it imports only itself and `api.models`, never a domain.
+- `agent/runtime/` is the only folder on a run process's path: it imports only itself and the
+  standard library (`sys.stdlib_module_names`), so a package's environment needs nothing of ours.
+"""
+
+import ast
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Rule:
+    folder: str  # relative to the root, with `/`
+    says: str
+    allows: Callable[[str, Path], bool]  # (imported module, the folder on disk) -> allowed
+
+
+def _top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def _within(module: str, *packages: str) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def _runtime_allows(module: str, folder: Path) -> bool:
+    # Started by its file path, the runner has the folder itself on `sys.path`: `trainyard` (the module
+    # packages import) is imported by that name there.
+    own = {path.stem for path in folder.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    top = _top(module)
+    return top in sys.stdlib_module_names or top in own or _within(module, "agent.runtime")
+
+
+RULES = (
+    Rule("shared", "imports neither api nor agent", lambda m, _: _top(m) not in {"api", "agent"}),
+    Rule("api", "never imports agent", lambda m, _: _top(m) != "agent"),
+    Rule("agent", "never imports api", lambda m, _: _top(m) != "api"),
+    Rule(
+        "api/core",
+        "imports of api only api.core and api.models, never a domain",
+        lambda m, _: _top(m) != "api" or _within(m, "api.core", "api.models"),
+    ),
+    Rule("agent/runtime", "imports only itself and the standard library", _runtime_allows),
+)
+
+
+def _package(path: Path, root: Path) -> list[str]:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return parts if path.name == "__init__.py" else parts[:-1]
+
+
+def imports(path: Path, root: Path) -> Iterator[tuple[int, str]]:
+    """Every module `path` imports, absolute (a relative import resolved against its package), with
+    its line; `from x import y` also yields `x.y`, since `y` may be a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = _package(path, root)
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            yield node.lineno, module
+            for alias in node.names:
+                if alias.name != "*":
+                    yield node.lineno, f"{module}.{alias.name}"
+
+
+def violations(root: Path) -> list[str]:
+    """One line per import statement that breaks a rule, naming the first module it should not reach."""
+    found: dict[tuple[str, int, str], str] = {}
+    for rule in RULES:
+        folder = root / rule.folder
+        for path in sorted(folder.rglob("*.py")):
+            where = path.relative_to(root).as_posix()
+            for line, module in imports(path, root):
+                if not rule.allows(module, folder):
+                    found.setdefault(
+                        (where, line, rule.folder),
+                        f"{where}:{line} imports {module}: {rule.folder}/ {rule.says}",
+                    )
+    return sorted(found.values())
+
+
+def test_the_tree_keeps_the_import_rules() -> None:
+    assert all((ROOT / rule.folder).is_dir() for rule in RULES)
+    assert violations(ROOT) == []
+
+
+BROKEN = {
+    "shared": ("shared/wire.py", "from api.core.config import Settings\n"),
+    "api": ("api/things/service.py", "import agent.client\n"),
+    "agent": ("agent/poller.py", "def f():\n    from api.models import Run\n"),
+    "api/core": ("api/core/deps.py", "from api.projects import service\n"),
+    "agent/runtime": ("agent/runtime/runner.py", "import numpy\n"),
+}
+
+
+@pytest.mark.parametrize("folder", [rule.folder for rule in RULES])
+def test_a_broken_rule_is_found(tmp_path: Path, folder: str) -> None:
+    for rule in RULES:
+        (tmp_path / rule.folder).mkdir(parents=True, exist_ok=True)
+    name, source = BROKEN[folder]
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(source)
+    found = violations(tmp_path)
+    assert len(found) >= 1 and all(item.startswith(f"{name}:") for item in found), found
+    assert any(f": {folder}/ " in item for item in found), found
+
+
+def test_relative_imports_are_resolved(tmp_path: Path) -> None:
+    (tmp_path / "api" / "core").mkdir(parents=True)
+    (tmp_path / "api" / "core" / "db.py").write_text("from ..projects import service\nfrom . import errors\n")
+    assert list(imports(tmp_path / "api" / "core" / "db.py", tmp_path)) == [
+        (1, "api.projects"),
+        (1, "api.projects.service"),
+        (2, "api.core"),
+        (2, "api.core.errors"),
+    ]
+    assert violations(tmp_path) == [
+        "api/core/db.py:1 imports api.projects: api/core/ imports of api only api.core and api.models,"
+        " never a domain",
+    ]
