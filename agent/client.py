@@ -1,9 +1,10 @@
 """The agent's typed client for `/api/v1/agent/...`, with retries.
 
-Transport errors (connect errors, timeouts, remote disconnects), 429 and 5xx are retried with
-full-jitter exponential backoff, honouring `Retry-After`; any other 4xx raises `ApiRejected` at once.
-Each call may cap its retrying (`retry_for` seconds, `attempts`); with neither it retries until the
-API answers, as the agent's loops must survive an outage of the API. The token travels only in the
+Every route follows one `RetryPolicy`: transport errors (connect errors, timeouts, remote
+disconnects), 429 and 5xx are retried with full-jitter exponential backoff, honouring `Retry-After`;
+any other 4xx raises `ApiRejected` at once. The client's policy (from the settings) retries until the
+API answers, as the agent's loops must survive an outage of the API; a call may pass a policy of its
+own that gives up (`policy.limited(retry_for=..., attempts=...)`). The token travels only in the
 `Authorization` header and is never logged.
 """
 
@@ -14,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -121,12 +123,44 @@ def _rejected(response: httpx.Response) -> ApiRejected:
     return ApiRejected(response.status_code, code, detail)
 
 
-async def _check(response: httpx.Response) -> None:
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a call is tried again, after how long, and when it gives up: one object for every route.
+
+    A status in `statuses` or any 5xx is worth another attempt (as are the transport errors in
+    `RETRIED_TRANSPORT_ERRORS`); the wait before attempt n+1 is the API's `Retry-After` when it sent
+    one, else uniform in [0, min(`maximum`, `initial` * 2**(n-1))] (full jitter: a fleet of agents
+    does not retry in step). With neither `attempts` nor `retry_for` it never gives up."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    statuses: frozenset[int] = frozenset({429})
+    attempts: int | None = None  # give up after this many attempts
+    retry_for: float | None = None  # give up when the next attempt would start past this many seconds
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> "RetryPolicy":
+        return cls(initial=settings.retry_initial, maximum=settings.retry_max)
+
+    def limited(self, *, attempts: int | None = None, retry_for: float | None = None) -> "RetryPolicy":
+        """This policy, giving up after `attempts` or `retry_for` seconds."""
+        return replace(self, attempts=attempts, retry_for=retry_for)
+
+    def retries(self, status: int) -> bool:
+        return status in self.statuses or status >= 500
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        return random.uniform(0, min(self.maximum, self.initial * 2 ** (attempt - 1)))
+
+
+async def _check(response: httpx.Response, policy: RetryPolicy) -> None:
     """Raise `_Retry` or `ApiRejected` for an answer that is not a success."""
     if response.is_success:
         return
     await response.aread()
-    if response.status_code == 429 or response.status_code >= 500:
+    if policy.retries(response.status_code):
         raise _Retry(response.status_code, parse_retry_after(response.headers.get("retry-after")))
     raise _rejected(response)
 
@@ -140,8 +174,14 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 class ApiClient:
     """`async with ApiClient(settings) as api: await api.hello(...)`."""
 
-    def __init__(self, settings: AgentSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy.from_settings(settings)
         self._http = httpx.AsyncClient(
             base_url=settings.api_url + API_PREFIX,
             headers={"Authorization": f"Bearer {settings.token()}"},
@@ -163,33 +203,23 @@ class ApiClient:
 
     # Retrying.
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        ceiling = min(self._settings.retry_max, self._settings.retry_initial * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)  # full jitter: a fleet of agents does not retry in step
-
     async def _retrying(
-        self,
-        what: str,
-        attempt_once: Callable[[], Awaitable[T]],
-        *,
-        retry_for: float | None,
-        attempts: int | None,
+        self, what: str, attempt_once: Callable[[RetryPolicy], Awaitable[T]], retry: RetryPolicy | None
     ) -> T:
-        deadline = None if retry_for is None else time.monotonic() + retry_for
+        policy = retry or self.retry
+        deadline = None if policy.retry_for is None else time.monotonic() + policy.retry_for
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
             try:
-                return await attempt_once()
+                return await attempt_once(policy)
             except _Retry as error:
                 last, retry_after = str(error), error.retry_after
             except RETRIED_TRANSPORT_ERRORS as error:
                 last = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            delay = self._delay(attempt, retry_after)
-            out_of_attempts = attempts is not None and attempt >= attempts
+            delay = policy.delay(attempt, retry_after)
+            out_of_attempts = policy.attempts is not None and attempt >= policy.attempts
             if out_of_attempts or (deadline is not None and time.monotonic() + delay > deadline):
                 raise ApiUnavailable(what, attempt, last)
             logger.warning("%s failed (%s); attempt %d, retrying in %.2f s", what, last, attempt, delay)
@@ -203,17 +233,16 @@ class ApiClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         http_timeout: httpx.Timeout | None = None,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> httpx.Response:
-        async def once() -> httpx.Response:
+        async def once(policy: RetryPolicy) -> httpx.Response:
             response = await self._http.request(
                 method, path, json=json, params=params, timeout=http_timeout or DEFAULT_TIMEOUT
             )
-            await _check(response)
+            await _check(response, policy)
             return response
 
-        return await self._retrying(f"{method} {path}", once, retry_for=retry_for, attempts=attempts)
+        return await self._retrying(f"{method} {path}", once, retry)
 
     async def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         response = await self._call(method, path, **kwargs)
@@ -221,54 +250,42 @@ class ApiClient:
 
     # The routes.
 
-    async def hello(
-        self, hello: Hello, *, retry_for: float | None = None, attempts: int | None = None
-    ) -> HelloReply:
+    async def hello(self, hello: Hello, *, retry: RetryPolicy | None = None) -> HelloReply:
         return await self._model(
             HelloReply,
             "POST",
             "/hello",
             json=hello.model_dump(mode="json"),
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
-    async def poll(
-        self, wait: float, *, retry_for: float | None = None, attempts: int | None = None
-    ) -> list[Command]:
+    async def poll(self, wait: float, *, retry: RetryPolicy | None = None) -> list[Command]:
         """Commands not yet acknowledged; with none, held by the API up to `wait` seconds."""
         response = await self._call(
             "GET",
             "/commands",
             params={"wait": wait},
             http_timeout=httpx.Timeout(DEFAULT_TIMEOUT.connect, read=wait + POLL_MARGIN_SECONDS),
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
         return _COMMANDS.validate_json(response.content)
 
-    async def ack(
-        self, command_id: uuid.UUID, *, retry_for: float | None = None, attempts: int | None = None
-    ) -> CommandAckReply:
-        return await self._model(
-            CommandAckReply, "POST", f"/commands/{command_id}/ack", retry_for=retry_for, attempts=attempts
-        )
+    async def ack(self, command_id: uuid.UUID, *, retry: RetryPolicy | None = None) -> CommandAckReply:
+        return await self._model(CommandAckReply, "POST", f"/commands/{command_id}/ack", retry=retry)
 
     async def report(
         self,
         run_id: uuid.UUID,
         event: AnyRunEvent,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunEventReply:
         return await self._model(
             RunEventReply,
             "POST",
             f"/runs/{run_id}/events",
             json=event.model_dump(mode="json"),
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
     async def telemetry(
@@ -276,8 +293,7 @@ class ApiClient:
         run_id: uuid.UUID,
         batch: TelemetryBatch,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> TelemetryReply:
         """One batch of the run's metric points and log lines; a repeat of a seq is a no-op."""
         return await self._model(
@@ -285,8 +301,7 @@ class ApiClient:
             "POST",
             f"/runs/{run_id}/telemetry",
             json=batch.model_dump(mode="json"),
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
     async def dataset_manifest(
@@ -294,29 +309,24 @@ class ApiClient:
         run_id: uuid.UUID,
         test: bool = False,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> DatasetManifest:
         route = "test-dataset" if test else "dataset"
-        return await self._model(
-            DatasetManifest, "GET", f"/runs/{run_id}/{route}", retry_for=retry_for, attempts=attempts
-        )
+        return await self._model(DatasetManifest, "GET", f"/runs/{run_id}/{route}", retry=retry)
 
     async def upload_snapshot(
         self,
         run_id: uuid.UUID,
         snapshot: SnapshotUpload,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> OutputReply:
         return await self._model(
             OutputReply,
             "PUT",
             f"/runs/{run_id}/outputs/snapshot",
             json=snapshot.model_dump(mode="json"),
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
     async def upload_evaluation(
@@ -324,16 +334,14 @@ class ApiClient:
         run_id: uuid.UUID,
         evaluation: dict[str, Any],
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> OutputReply:
         return await self._model(
             OutputReply,
             "PUT",
             f"/runs/{run_id}/outputs/evaluation",
             json=evaluation,
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
     # Streams.
@@ -344,18 +352,17 @@ class ApiClient:
         dest_path: Path,
         expected_sha256: str | None,
         *,
-        retry_for: float | None,
-        attempts: int | None,
+        retry: RetryPolicy | None,
     ) -> str:
         """Stream `path` into a temporary file beside `dest_path`, verify its sha256 (the one expected,
         else the `ETag`), then rename it into place. Returns the sha256."""
         dest_path = Path(dest_path)
 
-        async def once() -> str:
+        async def once(policy: RetryPolicy) -> str:
             partial = dest_path.with_name(f".{dest_path.name}.{uuid.uuid4().hex}.part")
             try:
                 async with self._http.stream("GET", path) as response:
-                    await _check(response)
+                    await _check(response, policy)
                     etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
                     expected = expected_sha256 or etag
                     digest = hashlib.sha256()
@@ -373,7 +380,7 @@ class ApiClient:
             finally:
                 partial.unlink(missing_ok=True)
 
-        return await self._retrying(f"GET {path}", once, retry_for=retry_for, attempts=attempts)
+        return await self._retrying(f"GET {path}", once, retry)
 
     async def download_package(
         self,
@@ -381,13 +388,10 @@ class ApiClient:
         dest_path: Path,
         sha256: str | None = None,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> str:
         """The run's package zip into `dest_path`, verified against `sha256` (else the ETag)."""
-        return await self._download(
-            f"/runs/{run_id}/package", dest_path, sha256, retry_for=retry_for, attempts=attempts
-        )
+        return await self._download(f"/runs/{run_id}/package", dest_path, sha256, retry=retry)
 
     async def download_blob(
         self,
@@ -395,13 +399,10 @@ class ApiClient:
         sha256: str,
         dest_path: Path,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> str:
         """One of the run's input files, by its hash, into `dest_path`."""
-        return await self._download(
-            f"/runs/{run_id}/blobs/{sha256}", dest_path, sha256, retry_for=retry_for, attempts=attempts
-        )
+        return await self._download(f"/runs/{run_id}/blobs/{sha256}", dest_path, sha256, retry=retry)
 
     async def _upload(
         self,
@@ -409,38 +410,35 @@ class ApiClient:
         source: Path,
         content_type: str,
         *,
-        retry_for: float | None,
-        attempts: int | None,
+        retry: RetryPolicy | None,
     ) -> OutputReply:
         source = Path(source)
 
-        async def once() -> OutputReply:
+        async def once(policy: RetryPolicy) -> OutputReply:
             size = (await anyio.Path(source).stat()).st_size
             response = await self._http.put(
                 path,
                 content=_file_chunks(source),  # opened afresh by each attempt
                 headers={"Content-Type": content_type, "Content-Length": str(size)},
             )
-            await _check(response)
+            await _check(response, policy)
             return OutputReply.model_validate_json(response.content)
 
-        return await self._retrying(f"PUT {path}", once, retry_for=retry_for, attempts=attempts)
+        return await self._retrying(f"PUT {path}", once, retry)
 
     async def upload_package(
         self,
         run_id: uuid.UUID,
         path: Path,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> OutputReply:
         """The trained package folder, zipped at `path`, as the run's next version."""
         return await self._upload(
             f"/runs/{run_id}/outputs/package",
             path,
             "application/zip",
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )
 
     async def upload_artifact(
@@ -449,14 +447,12 @@ class ApiClient:
         relative_path: str,
         path: Path,
         *,
-        retry_for: float | None = None,
-        attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> OutputReply:
         """One file of the run's `artifacts_directory`, under its relative path."""
         return await self._upload(
             f"/runs/{run_id}/outputs/artifacts/{quote(relative_path, safe='/')}",
             path,
             "application/octet-stream",
-            retry_for=retry_for,
-            attempts=attempts,
+            retry=retry,
         )

@@ -11,7 +11,14 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from agent.client import ApiClient, ApiRejected, ApiUnavailable, ChecksumMismatch, parse_retry_after
+from agent.client import (
+    ApiClient,
+    ApiRejected,
+    ApiUnavailable,
+    ChecksumMismatch,
+    RetryPolicy,
+    parse_retry_after,
+)
 from agent.config import AgentSettings
 from shared.enums import CommandKind, CommandState, RunStatus
 from shared.protocol import ExitedEvent, FinishedEvent, Hello, LaunchedEvent, StartRunPayload
@@ -192,11 +199,11 @@ async def test_giving_up(app: FastAPI, world: World, tmp_path: Path) -> None:
     transport = flaky(app, ["503"] * 100)
     async with ApiClient(agent_settings(world.agent_token, tmp_path), transport=transport) as api:
         with pytest.raises(ApiUnavailable) as caught:
-            await api.hello(Hello(agent_version="0.1.0"), attempts=3)
+            await api.hello(Hello(agent_version="0.1.0"), retry=api.retry.limited(attempts=3))
         assert caught.value.attempts == 3 and len(transport.requests) == 3
         transport.failures = ["connect"] * 10_000
         with pytest.raises(ApiUnavailable):
-            await api.poll(wait=0, retry_for=0)
+            await api.poll(wait=0, retry=api.retry.limited(retry_for=0))
         assert len(transport.requests) == 4  # retry_for=0: the first attempt only
 
 
@@ -236,3 +243,17 @@ async def test_retries_are_logged_without_the_token(
 def test_retry_after(value: str | None, seconds: float | None) -> None:
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(value, now) == seconds
+
+
+def test_one_retry_policy_says_what_is_retried_and_how_long_to_wait(tmp_path: Path) -> None:
+    policy = RetryPolicy.from_settings(agent_settings("ty_x", tmp_path))
+    assert (policy.initial, policy.maximum, policy.attempts, policy.retry_for) == (0.001, 0.002, None, None)
+    policy = RetryPolicy(initial=1.0, maximum=4.0)
+    assert policy.retries(429) and policy.retries(500) and policy.retries(503)
+    assert not any(policy.retries(status) for status in (400, 401, 404, 409, 422))
+    assert policy.delay(1, retry_after=7.0) == 7.0  # the API's Retry-After, as it said
+    for attempt in range(1, 8):
+        delays = [policy.delay(attempt, None) for _ in range(200)]
+        assert all(0 <= d <= min(4.0, 2 ** (attempt - 1)) for d in delays) and len(set(delays)) > 1
+    limited = policy.limited(attempts=3)
+    assert (limited.attempts, limited.retry_for, limited.initial) == (3, None, 1.0)
