@@ -14,7 +14,8 @@ An environment is made with `--system-site-packages`, so what the machine's Pyth
 all) is never installed twice; pip installs only what is missing. A build is done once however many
 runs ask at the same time: an asyncio lock per hash inside the agent, an `fcntl` lock across processes.
 Cancelling `python_for` kills pip and leaves nothing behind. What the file may say is
-`agent.requirements`' policy, checked before pip reads a line.
+`shared.requirements`' policy (size, UTF-8, each line), checked before pip reads a line: the API
+applies the very same check to every package it stores.
 """
 
 import asyncio
@@ -39,13 +40,12 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from agent.requirements import RequirementRefused, check_requirements
 from agent.sandbox import Launcher, Limits
+from shared.requirements import MAX_REQUIREMENTS_BYTES, RequirementRefused, check_requirements_file
 
 REQUIREMENTS = "requirements.txt"
 MARKER = "trainyard-env.json"
 LAST_USED = ".last-used"
-MAX_REQUIREMENTS_BYTES = 256 * 1024
 OUTPUT_KEPT_BYTES = 64 * 1024  # of pip's output, for the error
 DETAIL_MAX_CHARS = 8000  # the run's `detail` (shared.protocol allows 16 KiB)
 _TEMP_SUFFIX = ".tmp"
@@ -94,9 +94,7 @@ async def python_for(
     except FileNotFoundError:
         return python
     try:
-        lines = check_requirements(content.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise EnvironmentBuildFailed("requirements.txt is not UTF-8 text") from None
+        lines = check_requirements_file(content)
     except RequirementRefused as error:
         raise EnvironmentBuildFailed(str(error)) from None
     key = hashlib.sha256(content).hexdigest()
@@ -110,7 +108,8 @@ async def python_for(
 
 
 def _read_requirements(path: Path) -> bytes:
-    """The file's bytes; never through a symbolic link (its lines could end up in an error message)."""
+    """The file's bytes, up to one past `MAX_REQUIREMENTS_BYTES` (what `check_requirements_file`
+    refuses); never through a symbolic link (its lines could end up in an error message)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
@@ -120,10 +119,7 @@ def _read_requirements(path: Path) -> bytes:
     with os.fdopen(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise EnvironmentBuildFailed("requirements.txt is not a regular file")
-        content = file.read(MAX_REQUIREMENTS_BYTES + 1)
-    if len(content) > MAX_REQUIREMENTS_BYTES:
-        raise EnvironmentBuildFailed(f"requirements.txt is larger than {MAX_REQUIREMENTS_BYTES} bytes")
-    return content
+        return file.read(MAX_REQUIREMENTS_BYTES + 1)  # one byte past the bound: enough to refuse it
 
 
 _locks: dict[tuple[Path, str], tuple[asyncio.Lock, int]] = {}

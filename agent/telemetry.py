@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,16 +217,22 @@ class RunTelemetry:
                 ranges[name] = [start, start + len(data)]
         if not ranges:
             return False
-        records = _records(_read_range(self.paths["spool"], ranges.get("spool")))
-        for record in records:
-            state.tracker.observe(record, self.started_at)
-        tracker = state.tracker
+        tracker = replace(state.tracker)
+        for record in _records(_read_range(self.paths["spool"], ranges.get("spool"))):
+            tracker.observe(record, self.started_at)
         pending = Pending(state.next_seq, ranges, tracker.fraction(), tracker.stage, tracker.eta())
-        state.pending.append(pending)
-        state.next_seq += 1
-        for name, (_, end) in ranges.items():
-            state.offsets[name] = end
-        state.save(self.state_path)
+        cut = replace(
+            state,
+            next_seq=state.next_seq + 1,
+            offsets={**state.offsets, **{name: end for name, (_, end) in ranges.items()}},
+            pending=[*state.pending, pending],
+            tracker=tracker,
+        )
+        # Saved before it is adopted: a failed save (a full disk) leaves the state as it was, so no
+        # batch is ever sent whose bounds are not on disk (a restarted agent would cut the same seq
+        # over more lines, which the API takes for a repeat: those lines would be lost).
+        cut.save(self.state_path)
+        self.state = cut
         return True
 
     def _batch(self, pending: Pending) -> TelemetryBatch:

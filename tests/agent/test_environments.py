@@ -25,6 +25,12 @@ from agent.environments import (
     python_for,
     requirements_hash,
 )
+from shared.requirements import (
+    MAX_REQUIREMENTS_BYTES,
+    TOO_LARGE,
+    RequirementRefused,
+    check_requirements_file,
+)
 
 
 def _package(root: Path, requirements: str | None) -> Path:
@@ -147,6 +153,26 @@ async def test_a_refused_line_is_named_before_anything_is_built(tmp_path: Path, 
         await python_for(package, tmp_path / "work")
     assert "line 2" in caught.value.detail
     assert line in caught.value.detail
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"numpy\n" + b"#" * MAX_REQUIREMENTS_BYTES, TOO_LARGE),
+        (b"numpy\n\xff\xfe\n", "requirements.txt is not UTF-8 text"),
+    ],
+)
+async def test_a_file_too_large_or_not_utf8_is_refused_in_the_uploads_words(
+    tmp_path: Path, content: bytes, words: str
+) -> None:
+    package = _package(tmp_path / "package", None)
+    (package / "requirements.txt").write_bytes(content)
+    with pytest.raises(RequirementRefused) as upload:
+        check_requirements_file(content)  # what the API answers an upload of this package
+    with pytest.raises(EnvironmentBuildFailed) as caught:
+        await python_for(package, tmp_path / "work")
+    assert caught.value.detail == str(upload.value) == words
     assert not (tmp_path / "work").exists()
 
 

@@ -3,6 +3,8 @@ and restarted mid-shipping, the shipper SIGKILLed and restarted. Every point the
 every line it printed must be stored once, in order."""
 
 import asyncio
+import errno
+import json
 import os
 import random
 import re
@@ -18,13 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport
 
 from agent.client import ApiClient
-from agent.telemetry import RunTelemetry, Tracker, _read, read_spool, spool_end
+from agent.telemetry import STATE_FILE, RunTelemetry, Tracker, _read, read_spool, spool_end
 from tests.agent.shipper_process import folder_of, settings
+from tests.agent.test_client import agent_settings
 from tests.agent.test_runtime import RUNNER
 from tests.api.test_cli import COMMAND, Server, _env, _free_port, trainyard_api
-from tests.api.world import make_world, ok, report, start_run, take_commands
+from tests.api.world import agent_client, make_world, ok, report, start_run, take_commands
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 PATIENCE = 90.0  # bounds on waiting, never timing assertions
@@ -254,3 +259,43 @@ def test_the_reader_follows_no_symlink_and_waits_on_no_fifo(tmp_path: Path) -> N
     for name in ("spool.jsonl", "stdout.log", "stderr.log"):
         assert _read(run / name, 0, 1 << 20, spool=name == "spool.jsonl") == b""
         assert spool_end(run / name) == 0 and read_spool(run / name) == []
+
+
+async def test_a_batch_whose_bounds_cannot_be_saved_is_never_sent(
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A full disk (the state file's temporary is /dev/full: ENOSPC) while a batch is cut: the batch
+    must not be sent, or an agent restarted later cuts the same seq over more lines, which the API
+    takes for a repeat, and those lines are lost."""
+    world = await make_world(client)
+    run_id = (await start_run(client, world))["id"]
+    async with agent_client(app, world.agent_token) as agent:
+        await take_commands(agent)
+        await report(agent, run_id, "launched")
+    root = tmp_path / "run"
+    root.mkdir()
+    spool = root / "spool.jsonl"
+
+    def write(steps: range) -> None:
+        with spool.open("a") as file:
+            for step in steps:
+                file.write(json.dumps({"t": time.time(), "step": step, "series": {"loss": step / 10}}) + "\n")
+
+    write(range(5))
+    full = root / f".{STATE_FILE}.tmp"
+    full.symlink_to("/dev/full")
+    settings = agent_settings(world.agent_token, tmp_path)
+    async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
+        telemetry = RunTelemetry(api, uuid.UUID(run_id), folder_of(root), started_at=time.time())
+        for _ in range(2):  # the shipper's next turn, the disk still full
+            with pytest.raises(OSError) as caught:
+                await telemetry.flush()
+            assert caught.value.errno == errno.ENOSPC
+        assert (telemetry.state.next_seq, telemetry.state.pending) == (1, [])
+        full.unlink()  # space returns; the agent was restarted meanwhile, and the run went on
+        write(range(5, 10))
+        restarted = RunTelemetry(api, uuid.UUID(run_id), folder_of(root), started_at=time.time())
+        await restarted.flush()
+    chart = ok(await client.get(f"/projects/{world.project}/runs/{run_id}/metrics"))
+    (loss,) = [series for series in chart["series"] if series["name"] == "loss"]
+    assert loss["step"] == list(range(10))
