@@ -273,7 +273,7 @@ class Agent:
                 return True  # delivered again: already in hand (or already done)
             state = RunState(payload=start.model_dump(mode="json"))
             self.states.save(state)
-            self._take(state)
+            self._take(state, start)
             return True
         logger.error("command %s: unknown kind %r, acknowledged and ignored", command.id, command.kind)
         await self._ack(command)
@@ -303,8 +303,8 @@ class Agent:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def _take(self, state: RunState) -> None:
-        execution = Execution(self.machine, state)
+    def _take(self, state: RunState, payload: StartRunPayload | None = None) -> None:
+        execution = Execution(self.machine, state, payload)
         if state.gpus:
             self.machine.gpus.restore(execution.run_id, state.gpus)
         self.runs[execution.run_id] = execution

@@ -59,10 +59,12 @@ class Execution:
     """One run in hand. `drive()` carries it from its current phase to `done`; `stop()` may come at
     any time, from any task, any number of times."""
 
-    def __init__(self, machine: Machine, state: RunState) -> None:
+    def __init__(self, machine: Machine, state: RunState, payload: StartRunPayload | None = None) -> None:
+        """`payload` is the start command's, validated once by the daemon; a run re-read from its
+        state file after a restart has none and is validated from the file."""
         self.machine = machine
         self.state = state
-        self.payload = StartRunPayload.model_validate(state.payload)
+        self.payload = payload if payload is not None else StartRunPayload.model_validate(state.payload)
         self.folder = run_folder(machine.settings, self.payload)
         user = machine.run_user
         self.process = RunProcess(

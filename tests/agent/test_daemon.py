@@ -38,8 +38,8 @@ async def agent(app: FastAPI, world: World, tmp_path: Path) -> AsyncIterator[Age
     async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
         the_agent = build_agent(settings, api)
         the_agent.states.ensure()
-        the_agent._take = lambda state: the_agent.runs.setdefault(  # type: ignore[method-assign]
-            state.run_id, Execution(the_agent.machine, state)
+        the_agent._take = lambda state, payload=None: the_agent.runs.setdefault(  # type: ignore[method-assign]
+            state.run_id, Execution(the_agent.machine, state, payload)
         )
         yield the_agent
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.requirements import RequirementRefused, check_requirements
+from shared.requirements import RequirementRefused, check_requirements
 
 
 def test_requirements_and_safe_options_are_kept() -> None:
