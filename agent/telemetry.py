@@ -294,8 +294,11 @@ class RunTelemetry:
             raise
         state = self.state
         if reply.acked_through >= pending.seq or not reply.missing:
-            state.pending = [p for p in state.pending if p.seq > reply.acked_through]
-            state.acked = max(state.acked, reply.acked_through)
+            state = replace(
+                state,
+                pending=[p for p in state.pending if p.seq > reply.acked_through],
+                acked=max(state.acked, reply.acked_through),
+            )
         elif state.pending[0].seq > reply.acked_through + 1:
             # The API lacks batches this agent no longer holds (its database was restored from a
             # backup): number what is left after what it has, so that newer telemetry flows again.
@@ -306,10 +309,13 @@ class RunTelemetry:
                 reply.acked_through + 1,
                 state.pending[0].seq - 1,
             )
-            for number, entry in enumerate(state.pending, start=reply.acked_through + 1):
-                entry.seq = number
-            state.next_seq = reply.acked_through + 1 + len(state.pending)
+            first = reply.acked_through + 1
+            renumbered = [replace(entry, seq=seq) for seq, entry in enumerate(state.pending, start=first)]
+            state = replace(state, pending=renumbered, next_seq=first + len(renumbered))
+        # Saved before it is adopted, as in `_cut`: a renumbering that never reached the disk must
+        # not be sent (a restarted agent would send the old numbers again, which the API takes as new).
         await asyncio.to_thread(state.save, self.state_path)
+        self.state = state
         metrics.pushed()
 
     def _backlog(self) -> int:

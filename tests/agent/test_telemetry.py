@@ -22,9 +22,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport
+from sqlalchemy import update
 
 from agent.client import ApiClient
 from agent.telemetry import STATE_FILE, RunTelemetry, Tracker, _read, read_spool, spool_end
+from api.models.telemetry import RunTelemetry as TelemetryRow
 from tests.agent.shipper_process import folder_of, settings
 from tests.agent.test_client import agent_settings
 from tests.agent.test_runtime import RUNNER
@@ -296,6 +298,52 @@ async def test_a_batch_whose_bounds_cannot_be_saved_is_never_sent(
         write(range(5, 10))
         restarted = RunTelemetry(api, uuid.UUID(run_id), folder_of(root), started_at=time.time())
         await restarted.flush()
+    chart = ok(await client.get(f"/projects/{world.project}/runs/{run_id}/metrics"))
+    (loss,) = [series for series in chart["series"] if series["name"] == "loss"]
+    assert loss["step"] == list(range(10))
+
+
+async def test_a_renumbering_that_cannot_be_saved_is_never_adopted(
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The API's database restored from a backup lacks a batch the agent no longer holds: the agent
+    numbers what is left after what the API has. On a full disk that renumbering must stay unadopted
+    (sent, then lost on a restart, the old numbers would be sent again and taken as new)."""
+    world = await make_world(client)
+    run_id = (await start_run(client, world))["id"]
+    async with agent_client(app, world.agent_token) as agent:
+        await take_commands(agent)
+        await report(agent, run_id, "launched")
+    root = tmp_path / "run"
+    root.mkdir()
+    spool = root / "spool.jsonl"
+
+    def write(steps: range) -> None:
+        with spool.open("a") as file:
+            for step in steps:
+                file.write(json.dumps({"t": time.time(), "step": step, "series": {"loss": step / 10}}) + "\n")
+
+    settings = agent_settings(world.agent_token, tmp_path)
+    async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
+        telemetry = RunTelemetry(api, uuid.UUID(run_id), folder_of(root), started_at=time.time())
+        write(range(5))
+        await telemetry.flush()
+        async with app.state.engine.begin() as connection:  # the restore: batch 1 is gone
+            await connection.execute(
+                update(TelemetryRow).where(TelemetryRow.run_id == uuid.UUID(run_id)).values(acked_through=0)
+            )
+        write(range(5, 10))
+        assert await asyncio.to_thread(telemetry._cut)
+        assert [p.seq for p in telemetry.state.pending] == [2]
+        full = root / f".{STATE_FILE}.tmp"
+        full.symlink_to("/dev/full")
+        with pytest.raises(OSError) as caught:
+            await telemetry._send(telemetry.state.pending[0])
+        assert caught.value.errno == errno.ENOSPC
+        assert ([p.seq for p in telemetry.state.pending], telemetry.state.next_seq) == ([2], 3)
+        full.unlink()
+        await telemetry.flush()
+        assert (telemetry.state.pending, telemetry.state.acked) == ([], 1)
     chart = ok(await client.get(f"/projects/{world.project}/runs/{run_id}/metrics"))
     (loss,) = [series for series in chart["series"] if series["name"] == "loss"]
     assert loss["step"] == list(range(10))
