@@ -2,8 +2,9 @@
 
 import base64
 import binascii
+import inspect
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -118,3 +119,20 @@ async def fetch_page(
     last = rows[-1]
     last_id = last[0].id if hasattr(last[0], "id") else last[0]
     return rows, encode_cursor(last_id)
+
+
+async def paged(
+    session: AsyncSession,
+    statement: Select[*tuple[Any, ...]],
+    id_column: InstrumentedAttribute[uuid.UUID],
+    page: PageParams,
+    item: Callable[..., T | Awaitable[T]],
+) -> Page[T]:
+    """The page of `statement` that `page` asks for, each row made into an item by `item(*row)`
+    (which may be a coroutine function): what every list route answers."""
+    rows, cursor = await fetch_page(session, statement, id_column, page)
+    items: list[T] = []
+    for row in rows:
+        made = item(*row)
+        items.append(await made if inspect.isawaitable(made) else made)
+    return Page(items=items, next_cursor=cursor)

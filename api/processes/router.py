@@ -1,66 +1,29 @@
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import Select, and_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.db import SessionDep
 from api.core.deps import NotifierDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
-from api.models import Machine, Process, ProcessEvent, Project, Run, Template
 from api.processes import service
+from api.processes.deps import ProcessTarget, process_for
 from api.processes.schemas import ProcessCreate, ProcessEventRead, ProcessRead
 from api.projects.service import get_project
-from api.runs.lifecycle import Actor, actor_of
+from api.runs.lifecycle import actor_of
 from api.templates.service import get_template
 from shared.enums import ActorKind, ProcessStatus
 
 router = APIRouter(prefix="/projects/{project}", tags=["processes"], responses=error_responses(401, 403, 404))
 
 Viewer = Annotated[Principal, requires(Permission.PROCESSES_VIEW)]
-Manager = Annotated[Principal, requires(Permission.PROCESSES_MANAGE)]
+Viewed = Annotated[ProcessTarget, process_for(Permission.PROCESSES_VIEW)]
+Managed = Annotated[ProcessTarget, process_for(Permission.PROCESSES_MANAGE)]
 StatusFilter = Annotated[
     ProcessStatus | None, Query(alias="status", description="Only processes in this status.")
 ]
 _CONFLICTS = error_responses(409)
-
-
-def _actor(principal: Principal) -> Actor:
-    return actor_of(ActorKind.USER, principal.id, principal.name)
-
-
-def _process_listing(project: Project) -> Select[Process, str, str, Run]:
-    return (
-        select(Process, Template.name, Machine.name, Run)
-        .join(Template, Template.id == Process.template_id)
-        .join(Machine, Machine.id == Process.machine_id)
-        .outerjoin(Run, and_(Run.process_id == Process.id, Run.number == Process.run_count))
-        .where(Process.project_id == project.id)
-    )
-
-
-async def _list_processes(
-    session: AsyncSession,
-    project: Project,
-    page: PageDep,
-    status_filter: ProcessStatus | None,
-    template: Template | None = None,
-) -> Page[ProcessRead]:
-    statement = _process_listing(project)
-    if template is not None:
-        statement = statement.where(Process.template_id == template.id)
-    if status_filter is ProcessStatus.CREATED:
-        statement = statement.where(Process.run_count == 0)
-    elif status_filter is not None:
-        statement = statement.where(Run.status == status_filter.value)
-    rows, cursor = await fetch_page(session, statement, Process.id, page)
-    return Page(
-        items=[service.build_process_read(p, project.name, t, m, r) for p, t, m, r in rows],
-        next_cursor=cursor,
-    )
 
 
 @router.post(
@@ -77,11 +40,11 @@ async def create_process(
     principal: Annotated[Principal, requires(Permission.PROCESSES_CREATE)],
 ) -> ProcessRead:
     """Bind the template to a target machine, which holds at most its capacity (Primo: one)."""
+    # The template is looked up here, after the body is read: a bad body is a 422 before its 404.
     found = await get_project(session, project)
     found_template = await get_template(session, found, template)
-    process = await service.create_process(
-        session, found, found_template, data.machine, data.enabled, _actor(principal)
-    )
+    actor = actor_of(ActorKind.USER, principal.id, principal.name)
+    process = await service.create_process(session, found, found_template, data.machine, data.enabled, actor)
     return await service.process_read(session, process)
 
 
@@ -90,20 +53,20 @@ async def list_template_processes(
     project: str, template: str, session: SessionDep, _: Viewer, page: PageDep, status_: StatusFilter = None
 ) -> Page[ProcessRead]:
     found = await get_project(session, project)
-    return await _list_processes(session, found, page, status_, await get_template(session, found, template))
+    found_template = await get_template(session, found, template)
+    return await service.list_processes(session, found, page, status_, found_template)
 
 
 @router.get("/processes", operation_id="processes_list")
 async def list_processes(
     project: str, session: SessionDep, _: Viewer, page: PageDep, status_: StatusFilter = None
 ) -> Page[ProcessRead]:
-    return await _list_processes(session, await get_project(session, project), page, status_)
+    return await service.list_processes(session, await get_project(session, project), page, status_)
 
 
 @router.get("/processes/{process_id}", operation_id="processes_get")
-async def get_process(project: str, process_id: uuid.UUID, session: SessionDep, _: Viewer) -> ProcessRead:
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    return await service.process_read(session, process)
+async def get_process(target: Viewed, session: SessionDep) -> ProcessRead:
+    return await service.process_read(session, target.loaded.process)
 
 
 @router.post(
@@ -112,13 +75,10 @@ async def get_process(project: str, process_id: uuid.UUID, session: SessionDep, 
     status_code=status.HTTP_201_CREATED,
     responses=_CONFLICTS,
 )
-async def start_process(
-    project: str, process_id: uuid.UUID, session: SessionDep, notifier: NotifierDep, principal: Manager
-) -> ProcessRead:
+async def start_process(target: Managed, session: SessionDep, notifier: NotifierDep) -> ProcessRead:
     """Start a new run (409 `run_active` while one is active, `process_disabled` on a disabled process)."""
-    loaded = await service.load_process(session, project, process_id)
-    run = await service.start_process(session, notifier, loaded, _actor(principal))
-    return service.loaded_process_read(loaded, run)  # the new run is the latest
+    run = await service.start_process(session, notifier, target.loaded, target.actor)
+    return service.loaded_process_read(target.loaded, run)  # the new run is the latest
 
 
 @router.post(
@@ -127,13 +87,10 @@ async def start_process(
     status_code=status.HTTP_202_ACCEPTED,
     responses=_CONFLICTS,
 )
-async def stop_process(
-    project: str, process_id: uuid.UUID, session: SessionDep, notifier: NotifierDep, principal: Manager
-) -> ProcessRead:
+async def stop_process(target: Managed, session: SessionDep, notifier: NotifierDep) -> ProcessRead:
     """Stop the active run: `stopped` at once if no agent took it yet, else `stopping` until it ends."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    await service.stop_process(session, notifier, process, _actor(principal))
-    return await service.process_read(session, process)
+    await service.stop_process(session, notifier, target.loaded.process, target.actor)
+    return await service.process_read(session, target.loaded.process)
 
 
 @router.post(
@@ -146,37 +103,25 @@ async def stop_process(
     },
 )
 async def restart_process(
-    project: str,
-    process_id: uuid.UUID,
-    session: SessionDep,
-    notifier: NotifierDep,
-    principal: Manager,
-    response: Response,
+    target: Managed, session: SessionDep, notifier: NotifierDep, response: Response
 ) -> ProcessRead:
     """Start again: at once (201) after the run ended; else stop it and start when it stopped (202)."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    if not await service.restart_process(session, notifier, process, _actor(principal)):
+    if not await service.restart_process(session, notifier, target.loaded.process, target.actor):
         response.status_code = status.HTTP_202_ACCEPTED
-    return await service.process_read(session, process)
+    return await service.process_read(session, target.loaded.process)
 
 
 @router.post("/processes/{process_id}/disable", operation_id="processes_disable", responses=_CONFLICTS)
-async def disable_process(
-    project: str, process_id: uuid.UUID, session: SessionDep, principal: Manager
-) -> ProcessRead:
+async def disable_process(target: Managed, session: SessionDep) -> ProcessRead:
     """Lock the process: it can be neither started nor stopped. Refused while a run is active."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    await service.set_enabled(session, process, False, _actor(principal))
-    return await service.process_read(session, process)
+    await service.set_enabled(session, target.loaded.process, False, target.actor)
+    return await service.process_read(session, target.loaded.process)
 
 
 @router.post("/processes/{process_id}/enable", operation_id="processes_enable")
-async def enable_process(
-    project: str, process_id: uuid.UUID, session: SessionDep, principal: Manager
-) -> ProcessRead:
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    await service.set_enabled(session, process, True, _actor(principal))
-    return await service.process_read(session, process)
+async def enable_process(target: Managed, session: SessionDep) -> ProcessRead:
+    await service.set_enabled(session, target.loaded.process, True, target.actor)
+    return await service.process_read(session, target.loaded.process)
 
 
 @router.delete(
@@ -186,23 +131,14 @@ async def enable_process(
     responses=_CONFLICTS,
 )
 async def delete_process(
-    project: str,
-    process_id: uuid.UUID,
-    session: SessionDep,
-    _: Annotated[Principal, requires(Permission.PROCESSES_DELETE)],
+    target: Annotated[ProcessTarget, process_for(Permission.PROCESSES_DELETE)], session: SessionDep
 ) -> Response:
     """Delete the process with its runs. Refused while a run is active."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    await service.delete_process(session, process)
+    await service.delete_process(session, target.loaded.process)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/processes/{process_id}/events", operation_id="processes_events_list")
-async def list_process_events(
-    project: str, process_id: uuid.UUID, session: SessionDep, _: Viewer, page: PageDep
-) -> Page[ProcessEventRead]:
+async def list_process_events(target: Viewed, session: SessionDep, page: PageDep) -> Page[ProcessEventRead]:
     """The audit trail of the process and all its runs: who or what, when, from, to, why."""
-    process = await service.get_process(session, await get_project(session, project), process_id)
-    statement = select(ProcessEvent).where(ProcessEvent.process_id == process.id)
-    rows, cursor = await fetch_page(session, statement, ProcessEvent.id, page)
-    return Page(items=[ProcessEventRead.model_validate(row[0]) for row in rows], next_cursor=cursor)
+    return await service.list_events(session, target.loaded.process, page)

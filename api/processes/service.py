@@ -8,15 +8,15 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Select, and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict, NotFound
 from api.core.notify import Notifier
 from api.core.repository import get_by_name
-from api.models import Machine, Process, Project, Run, Template
-from api.processes.schemas import ProcessRead
-from api.projects.service import get_project
+from api.core.schemas import Page, PageParams, paged
+from api.models import Machine, Process, ProcessEvent, Project, Run, Template
+from api.processes.schemas import ProcessEventRead, ProcessRead
 from api.runs.lifecycle import Actor, record_event, request_stop, start_run
 from api.runs.service import run_read
 from shared.enums import ProcessStatus, ReasonCode
@@ -38,7 +38,7 @@ _PROCESS_IN_PROJECT = (
     .join(Project, Project.id == Process.project_id)
     .join(Template, Template.id == Process.template_id)
     .join(Machine, Machine.id == Process.machine_id)
-    .where(Process.id == bindparam("process_id"), Project.name == bindparam("project"))
+    .where(Process.id == bindparam("process_id"), Process.project_id == bindparam("project_id"))
 )
 
 
@@ -51,16 +51,17 @@ async def get_process(session: AsyncSession, project: Project, process_id: uuid.
     return process
 
 
-async def load_process(session: AsyncSession, project_name: str, process_id: uuid.UUID) -> LoadedProcess:
-    """The process with its project, template and machine in one statement; the same 404s as
-    `get_project` then `get_process`."""
-    name = unicodedata.normalize("NFC", project_name)  # as get_by_name reads a name
+async def load_process(
+    session: AsyncSession, project_id: uuid.UUID, project_name: str, process_id: uuid.UUID
+) -> LoadedProcess:
+    """The process with its project, template and machine in one statement, in the project whose id
+    the caller's authorisation found (`project_name` is the name it was found by, for the 404)."""
     row = (
-        await session.execute(_PROCESS_IN_PROJECT, {"process_id": process_id, "project": name})
+        await session.execute(_PROCESS_IN_PROJECT, {"process_id": process_id, "project_id": project_id})
     ).one_or_none()
     if row is None:
-        project = await get_project(session, project_name)  # 404 project_not_found if it is the project
-        raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
+        name = unicodedata.normalize("NFC", project_name)  # the name as it is stored
+        raise NotFound(f"no process {process_id} in project {name!r}", code="process_not_found")
     process, project, template, machine = row
     return LoadedProcess(process, project, template, machine)
 
@@ -215,6 +216,45 @@ async def delete_process(session: AsyncSession, process: Process) -> None:
         execution_options={"synchronize_session": False},
     )
     session.expunge(process)
+
+
+def _listing(project: Project) -> Select[Process, str, str, Run]:
+    return (
+        select(Process, Template.name, Machine.name, Run)
+        .join(Template, Template.id == Process.template_id)
+        .join(Machine, Machine.id == Process.machine_id)
+        .outerjoin(Run, and_(Run.process_id == Process.id, Run.number == Process.run_count))
+        .where(Process.project_id == project.id)
+    )
+
+
+async def list_processes(
+    session: AsyncSession,
+    project: Project,
+    page: PageParams,
+    status: ProcessStatus | None,
+    template: Template | None = None,
+) -> Page[ProcessRead]:
+    """A project's processes (or a template's), each with its latest run; `status` is the latest
+    run's (`created`: none yet)."""
+    statement = _listing(project)
+    if template is not None:
+        statement = statement.where(Process.template_id == template.id)
+    if status is ProcessStatus.CREATED:
+        statement = statement.where(Process.run_count == 0)
+    elif status is not None:
+        statement = statement.where(Run.status == status.value)
+
+    def item(process: Process, template_name: str, machine_name: str, latest: Run | None) -> ProcessRead:
+        return build_process_read(process, project.name, template_name, machine_name, latest)
+
+    return await paged(session, statement, Process.id, page, item)
+
+
+async def list_events(session: AsyncSession, process: Process, page: PageParams) -> Page[ProcessEventRead]:
+    """The audit trail of the process and all its runs."""
+    statement = select(ProcessEvent).where(ProcessEvent.process_id == process.id)
+    return await paged(session, statement, ProcessEvent.id, page, ProcessEventRead.model_validate)
 
 
 async def process_read(session: AsyncSession, process: Process) -> ProcessRead:
