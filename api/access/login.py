@@ -25,6 +25,7 @@ from api.access.login_gate import LoginGate
 from api.core.errors import TooManyRequests, Unauthorized
 from api.core.repository import dialect_insert
 from api.core.security import new_token, token_hmac
+from api.core.unit_of_work import commit_early
 from api.models import ApiToken, AuditEvent, LoginFailures, User
 from api.models.base import utcnow
 
@@ -83,8 +84,7 @@ async def login(
         raise await _locked(session, name_key, utcnow())
     user = await session.scalar(select(User).where(User.name == name))
     password_hash = None if user is None else user.password_hash
-    # The claim stands whatever follows, and the connection goes back to the pool for argon2's time.
-    await session.commit()
+    await commit_early(session, "the claim stands whatever follows; no connection is held over argon2")
     good = await gate.verify(password_hash, password)
     if user is None or not good or not user.enabled:
         raise _refused()

@@ -21,6 +21,7 @@ from api.core.downloads import (
 from api.core.errors import error_responses
 from api.core.schemas import Page, PageDep, fetch_page
 from api.core.security import Permission, Principal, requires
+from api.core.unit_of_work import commit_early
 from api.core.uploads import receive_multipart
 from api.datasets import export, service, staging
 from api.datasets.schemas import UPLOAD_BODY, DatasetFileRead, DatasetRead, DatasetVersionRead
@@ -107,8 +108,7 @@ async def upload_version(
     version is the previous one with these added or replaced); both go under the sub-folder `path`."""
     name = service.check_name(dataset)
     await get_project(session, project)
-    # End this unit of work before the body streams in: an upload holds no database connection.
-    await session.commit()
+    await commit_early(session, "the dataset's body streams in next: an upload holds no connection")
     async with receive_multipart(
         request, blobs, max_bytes=settings.max_dataset_bytes, max_files=settings.max_archive_files
     ) as upload:
@@ -249,8 +249,7 @@ async def download_version(
     """The whole version as one zip, with its sha256 as `ETag` (one version always makes the same zip)."""
     found, resolved = await _version(session, project, dataset, version)
     files = await service.manifest(session, resolved, None)
-    # End this unit of work before the zip is written: building it holds no database connection.
-    await session.commit()
+    await commit_early(session, "the zip is written next: building it holds no database connection")
     scratch = ExitStack()
     try:
         target = scratch.enter_context(blobs.temp_file())

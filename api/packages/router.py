@@ -10,6 +10,7 @@ from api.core.downloads import blob_response
 from api.core.errors import InvalidInput, error_responses
 from api.core.schemas import Page, PageDep, fetch_page
 from api.core.security import Permission, Principal, requires
+from api.core.unit_of_work import commit_early
 from api.core.uploads import receive_multipart
 from api.models import Package, PackageVersion, Project
 from api.packages import service
@@ -63,9 +64,9 @@ async def upload_version(
     `train` and `save`, a syntax error, unsafe entries, a zip bomb, a bad parameters.json."""
     name = service.check_name(package)  # a 422 before the body is read: a bad name stores nothing
     await get_project(session, project)  # a 404 before the body is read
-    # End this unit of work while the body streams in: on SQLite the API's one connection would
-    # otherwise be held, and every other request stalled, for the whole upload.
-    await session.commit()
+    # On SQLite the API's one connection would otherwise be held, and every other request stalled,
+    # for the whole upload.
+    await commit_early(session, "the package's body streams in next")
     async with receive_multipart(request, blobs, max_bytes=settings.max_package_bytes) as upload:
         files = upload.files_named("file")
         if len(files) != 1:

@@ -15,6 +15,7 @@ from api.core.db import SessionDep
 from api.core.deps import NotifierDep
 from api.core.errors import InvalidInput, error_responses
 from api.core.security import Permission, Principal, agent_for, bearer_digest, bearer_scheme, requires
+from api.core.unit_of_work import commit_early
 from api.models import Run
 from api.models.base import utcnow
 from api.projects.service import get_project
@@ -137,7 +138,7 @@ async def get_logs(
         page = await service.read_logs(session, run, offset, limit, q, stream)
         if page.lines or follow == 0 or _long_ended(run):
             return page
-        await session.commit()  # a held request holds no database connection
+        await commit_early(session, "the request is held for a new line: it holds no connection")
         prometheus.FOLLOWERS.inc()
         try:
             async with asyncio.timeout(follow):
