@@ -5,22 +5,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep
 from api.core.downloads import blob_response, media_type_of
 from api.core.errors import NotFound, error_responses
 from api.core.security import Permission, Principal, requires
-from api.models import RunOutput
 from api.projects.service import get_project
+from api.runs import service
+from api.runs.deps import RunTarget, run_for
 from api.runs.evaluation import EvaluationRead, read_evaluation
-from api.runs.service import get_run
 
 router = APIRouter(
     prefix="/projects/{project}/runs/{run_id}", tags=["runs"], responses=error_responses(401, 403, 404)
 )
 RunViewer = Annotated[Principal, requires(Permission.RUNS_VIEW)]
+ViewedRun = Annotated[RunTarget, run_for(Permission.RUNS_VIEW)]
 
 
 class ArtifactRead(BaseModel):
@@ -30,25 +30,17 @@ class ArtifactRead(BaseModel):
 
 
 @router.get("/results", operation_id="runs_results_get")
-async def get_results(project: str, run_id: uuid.UUID, session: SessionDep, _: RunViewer) -> dict[str, Any]:
+async def get_results(target: ViewedRun) -> dict[str, Any]:
     """`_results.json` in UiPath AI Center's shape, written when the run succeeded."""
-    run = await get_run(session, await get_project(session, project), run_id)
-    if run.results is None:
+    if target.run.results is None:
         raise NotFound("the run has no results (it has not succeeded)", code="results_not_found")
-    return run.results
+    return target.run.results
 
 
 @router.get("/artifacts", operation_id="runs_artifacts_list")
-async def list_artifacts(
-    project: str, run_id: uuid.UUID, session: SessionDep, _: RunViewer
-) -> list[ArtifactRead]:
+async def list_artifacts(target: ViewedRun, session: SessionDep) -> list[ArtifactRead]:
     """What the package wrote into `artifacts_directory`."""
-    run = await get_run(session, await get_project(session, project), run_id)
-    rows = await session.scalars(
-        select(RunOutput)
-        .where(RunOutput.run_id == run.id, RunOutput.kind == "artifact")
-        .order_by(RunOutput.path)
-    )
+    rows = await service.artifacts(session, target.run)
     return [ArtifactRead(path=row.path, sha256=row.sha256 or "", size=row.size) for row in rows]
 
 
@@ -66,14 +58,11 @@ async def download_artifact(
     blobs: BlobsDep,
     _: RunViewer,
 ) -> Response:
-    run = await get_run(session, await get_project(session, project), run_id)
-    artifact = await session.scalar(
-        select(RunOutput).where(
-            RunOutput.run_id == run.id, RunOutput.kind == "artifact", RunOutput.path == path
-        )
-    )
-    if artifact is None or artifact.sha256 is None:
-        raise NotFound(f"the run has no artifact {path!r}", code="artifact_not_found")
+    # `project` and `run_id` are declared here, before `path`, so that the document lists them in
+    # the path's order; a `RunTarget` would list its own after the route's.
+    run = await service.get_run(session, await get_project(session, project), run_id)
+    artifact = await service.artifact(session, run, path)
+    assert artifact.sha256 is not None
     return await blob_response(
         blobs,
         artifact.sha256,
@@ -86,29 +75,22 @@ async def download_artifact(
 
 @router.get("/evaluation", operation_id="runs_evaluation_get")
 async def get_evaluation(
-    project: str,
-    run_id: uuid.UUID,
+    target: ViewedRun,
     session: SessionDep,
-    _: RunViewer,
     badcases_offset: Annotated[int, Query(ge=0, description="Badcases to skip.")] = 0,
     badcases_limit: Annotated[int, Query(ge=0, le=1000, description="Badcases to return.")] = 100,
 ) -> EvaluationRead:
     """The run's evaluation on its test set (TI-ONE): when, how long, how many samples and badcases,
     the metrics with per-class precision and recall, and a page of badcases, each with the link that
     downloads its file from the test dataset. The document's shape is in docs/evaluation.md."""
-    found = await get_project(session, project)
-    run = await get_run(session, found, run_id)
-    evaluation = await session.scalar(
-        select(RunOutput).where(RunOutput.run_id == run.id, RunOutput.kind == "evaluation")
-    )
-    if evaluation is None or evaluation.document is None:
-        raise NotFound("the run has no evaluation", code="evaluation_not_found")
+    stored = await service.evaluation(session, target.run)
+    assert stored.document is not None
     return await read_evaluation(
         session,
-        run,
-        found.name,
-        dict(evaluation.document),
-        evaluation.created_at,
+        target.run,
+        target.project.name,
+        dict(stored.document),
+        stored.created_at,
         offset=badcases_offset,
         limit=badcases_limit,
     )
