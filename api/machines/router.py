@@ -1,16 +1,14 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import select
 
 from api.core.db import SessionDep
 from api.core.deps import SettingsDep, TokenKeyDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
 from api.machines import service
 from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate, MachineWithToken
-from api.models import Machine
 
 router = APIRouter(prefix="/machines", tags=["machines"], responses=error_responses(401, 403))
 
@@ -37,10 +35,7 @@ async def register_machine(
 async def list_machines(
     session: SessionDep, settings: SettingsDep, _: Viewer, page: PageDep
 ) -> Page[MachineRead]:
-    rows, cursor = await fetch_page(session, select(Machine), Machine.id, page)
-    return Page(
-        items=[service.machine_read(row[0], settings.offline_after) for row in rows], next_cursor=cursor
-    )
+    return await service.list_machines(session, page, settings.offline_after)
 
 
 @router.get("/{machine}", operation_id="machines_get", responses=error_responses(404))

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict
 from api.core.repository import add_named, get_by_name
+from api.core.schemas import Page, PageParams, paged
 from api.core.security import new_token, token_hmac
 from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate
 from api.models import Machine, Process
@@ -93,3 +94,10 @@ async def delete_machine(session: AsyncSession, name: str) -> None:
         raise Conflict(f"machine {name!r} still holds {count} processes", code="machine_in_use")
     await session.delete(machine)
     await session.flush()
+
+
+async def list_machines(session: AsyncSession, page: PageParams, offline_after: float) -> Page[MachineRead]:
+    def item(machine: Machine) -> MachineRead:
+        return machine_read(machine, offline_after)
+
+    return await paged(session, select(Machine), Machine.id, page, item)

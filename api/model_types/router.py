@@ -1,15 +1,13 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import select
 
 from api.core.db import SessionDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
 from api.model_types import service
 from api.model_types.schemas import ModelTypeCreate, ModelTypeRead, ModelTypeUpdate
-from api.models import ModelType
 
 router = APIRouter(prefix="/model-types", tags=["model types"], responses=error_responses(401, 403))
 
@@ -29,8 +27,7 @@ async def create_model_type(data: ModelTypeCreate, session: SessionDep, _: Admin
 
 @router.get("", operation_id="model_types_list")
 async def list_model_types(session: SessionDep, _: Viewer, page: PageDep) -> Page[ModelTypeRead]:
-    rows, cursor = await fetch_page(session, select(ModelType), ModelType.id, page)
-    return Page(items=[ModelTypeRead.model_validate(row[0]) for row in rows], next_cursor=cursor)
+    return await service.list_model_types(session, page)
 
 
 @router.get("/{model_type}", operation_id="model_types_get", responses=error_responses(404))

@@ -5,7 +5,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict
 from api.core.repository import add_named, get_by_name
-from api.model_types.schemas import ModelTypeCreate, ModelTypeUpdate
+from api.core.schemas import Page, PageParams, paged
+from api.model_types.schemas import ModelTypeCreate, ModelTypeRead, ModelTypeUpdate
 from api.models import ModelType, Template
 
 
@@ -32,3 +33,7 @@ async def delete_model_type(session: AsyncSession, name: str) -> None:
         raise Conflict(f"model type {name!r} is used by {used} templates", code="model_type_in_use")
     await session.delete(model_type)
     await session.flush()
+
+
+async def list_model_types(session: AsyncSession, page: PageParams) -> Page[ModelTypeRead]:
+    return await paged(session, select(ModelType), ModelType.id, page, ModelTypeRead.model_validate)

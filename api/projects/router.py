@@ -1,13 +1,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import select
 
 from api.core.db import SessionDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
-from api.models import Project
 from api.projects import service
 from api.projects.membership import add_creator
 from api.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
@@ -36,15 +34,7 @@ async def create_project(data: ProjectCreate, session: SessionDep, principal: Ad
 @router.get("", operation_id="projects_list")
 async def list_projects(session: SessionDep, principal: Viewer, page: PageDep) -> Page[ProjectRead]:
     """The projects the caller can see."""
-    statement = select(Project, service.TEMPLATE_COUNT)
-    visible = principal.visible_projects()
-    if visible is not None:
-        statement = statement.where(Project.id.in_(visible))
-    rows, cursor = await fetch_page(session, statement, Project.id, page)
-    return Page(
-        items=[ProjectRead.model_validate(p).model_copy(update={"template_count": n}) for p, n in rows],
-        next_cursor=cursor,
-    )
+    return await service.list_projects(session, principal, page)
 
 
 @router.get("/{project}", operation_id="projects_get", responses=error_responses(404))

@@ -5,9 +5,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict
 from api.core.repository import add_named, get_by_name
+from api.core.schemas import Page, PageParams, paged
+from api.core.security import Principal
 from api.models import Dataset, Package, Process, Project, Template
 from api.models.base import utcnow
-from api.projects.schemas import ProjectCreate, ProjectUpdate
+from api.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 
 TEMPLATE_COUNT = (
     select(func.count()).where(Template.project_id == Project.id).correlate(Project).scalar_subquery()
@@ -47,3 +49,16 @@ async def delete_project(session: AsyncSession, name: str) -> None:
 
 async def template_count(session: AsyncSession, project: Project) -> int:
     return int(await session.scalar(select(func.count()).where(Template.project_id == project.id)) or 0)
+
+
+async def list_projects(session: AsyncSession, principal: Principal, page: PageParams) -> Page[ProjectRead]:
+    """The projects `principal` can see, each with its number of templates."""
+    statement = select(Project, TEMPLATE_COUNT)
+    visible = principal.visible_projects()
+    if visible is not None:
+        statement = statement.where(Project.id.in_(visible))
+    return await paged(session, statement, Project.id, page, project_read)
+
+
+def project_read(project: Project, templates: int) -> ProjectRead:
+    return ProjectRead.model_validate(project).model_copy(update={"template_count": templates})
