@@ -18,6 +18,7 @@ from api.access.tokens_router import auth_router, tokens_router
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
+from api.console.app import install_console
 from api.core.access_log import quiet_agent_access_lines
 from api.core.auth_first import install_auth_first
 from api.core.blobs import LocalBlobStore
@@ -104,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description=description or "",
         lifespan=lifespan,
+        # /docs and /redoc are the console's (api/console/docs.py): served from the package, offline.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "projects", "description": "Scopes of templates, processes, packages and datasets"},
             {"name": "model types", "description": "Kinds of task (administrators)"},
@@ -149,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
     app.include_router(prometheus_router)
+    install_console(app)
     app.add_middleware(HeldPolls, path=f"{API_PREFIX}/agent/commands")
     app.add_middleware(
         BodySizeLimit,

@@ -1,0 +1,45 @@
+"""Wiring the console into the API's app: its routes, its static files, what its refusals look like."""
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from api.console import csrf
+from api.console.docs import router as docs_router
+from api.console.pages import HERE, STATIC_PATH, PageAnswer, redirect, render, translator
+from api.console.router import router as console_router
+from api.console.session import COOKIE, SignInRequired, clear_session_cookie, sign_in_url
+from api.core.errors import problem_response
+
+
+async def _sign_in_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    response = redirect(sign_in_url(exc.next_path))
+    if COOKIE in request.cookies:  # one that ended: the browser need not send it again
+        clear_session_cookie(response, request)
+    return response
+
+
+async def _csrf_refused(request: Request, exc: Exception) -> Response:
+    """403: a problem document for a script (it sent the header, or asks for JSON), else a page."""
+    if csrf.HEADER in request.headers or "json" in request.headers.get("accept", ""):
+        return problem_response(
+            403, "csrf_failed", "Forbidden", "the request's CSRF token is missing or not this session's"
+        )
+    t = translator(request).t
+    context = {"title": t("error.403"), "message": t("error.csrf")}
+    return render(request, "error.html", context, status_code=403)
+
+
+async def _page_answer(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageAnswer)
+    return exc.response
+
+
+def install_console(app: FastAPI) -> None:
+    app.include_router(docs_router)
+    app.include_router(console_router)
+    app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="console-static")
+    app.add_exception_handler(SignInRequired, _sign_in_required)
+    app.add_exception_handler(csrf.CsrfRefused, _csrf_refused)
+    app.add_exception_handler(PageAnswer, _page_answer)

@@ -1,0 +1,96 @@
+"""Rendering a console page: one Jinja2 environment (autoescape on), the catalog in every template,
+and the security headers on every answer."""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from api.console.i18n import LOCALES, Translator, choose_locale
+from api.console.session import ConsoleSession
+
+HERE = Path(__file__).resolve().parent
+STATIC_PATH = "/ui/static"
+# No inline script or style anywhere: every script and stylesheet is a file of this origin.
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+# The pages to come, in the order of the nav; `None`: not built yet, shown unlinked.
+NAV = (
+    ("nav.templates", None),
+    ("nav.processes", None),
+    ("nav.models", None),
+    ("nav.machines", None),
+    ("nav.packages", None),
+    ("nav.datasets", None),
+    ("nav.people", None),
+)
+
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every name is user input, in any alphabet: it renders as text
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+
+
+class PageAnswer(Exception):
+    """A page that ends a request early (a refused form, a page of error): raised rather than returned,
+    so that the session dependency rolls back whatever the request had begun."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def secure(response: Response, csp: str = CONSOLE_CSP) -> Response:
+    response.headers["Content-Security-Policy"] = csp
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def translator(request: Request) -> Translator:
+    return Translator(choose_locale(request))
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any] | None = None,
+    *,
+    signed_in: ConsoleSession | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    translator = Translator(choose_locale(request))
+    values = {
+        "t": translator.t,
+        "number": translator.number,
+        "when": translator.when,
+        "locale": translator.locale,
+        "locales": LOCALES,
+        "static": STATIC_PATH,
+        "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        "active": None,
+        "signed_in": signed_in,
+        "nav": NAV,
+        "switcher": [],
+        "project": None,
+        **(context or {}),
+    }
+    response = templates.TemplateResponse(request, name, values, status_code=status_code)
+    secure(response)
+    return response
+
+
+def redirect(url: str, status_code: int = 303) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=status_code)
+    secure(response)
+    return response
