@@ -1,20 +1,16 @@
 """The engine and the one unit of work per request: only `get_session` commits or rolls back."""
 
-import sqlite3
-from collections.abc import AsyncIterator, Callable
-from functools import cache
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import Column, Dialect, event
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.util import greenlet_spawn
 
+from api.core import sqlite
 from api.core.config import Settings
 from api.core.notify import Notifier
-
-T = TypeVar("T")
 
 # SQLite serialises writers; a busy handler of this length lets a second process (a migration, a
 # CLI) wait its turn instead of failing with "database is locked".
@@ -61,8 +57,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # One connection: SQLite has one writer at a time anyway, and a single connection turns what
         # would be "database is locked" races between our own requests into an orderly queue.
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=120)
+        # `CONNECT_ARGS` and `claim_connection`: the hot operations' one call on sqlite3 (api/core/sqlite.py).
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=120, connect_args=sqlite.CONNECT_ARGS
+        )
         event.listen(engine.sync_engine, "connect", configure_sqlite)
+        event.listen(engine.sync_engine, "connect", sqlite.claim_connection)
         return engine
     return create_async_engine(
         url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_pre_ping=True
@@ -88,51 +88,3 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit happens before the response is sent, so a client never sees a success
 # for a change that did not commit.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-
-
-# The hottest routes on SQLite (the agent's poll, a telemetry batch) run their statements straight on
-# sqlite3, as one call on aiosqlite's thread: through SQLAlchemy's async layer every statement, checkout
-# and return was a hand-off between threads and a greenlet. Values go in and come out through the
-# columns' own types, so what they store and read is what the ORM stores and reads.
-
-
-async def on_sqlite_thread(engine: AsyncEngine, work: Callable[[sqlite3.Connection], T]) -> T:
-    """`work(sqlite3 connection)` as one call on aiosqlite's thread, the one that owns the connection,
-    on a connection of the engine's pool (returned after it, rolled back as the pool does). The pool's
-    own connection, not an `AsyncConnection`: cheaper to take and give back. aiosqlite has no public
-    way to its thread; SQLAlchemy's own adapter uses the same queue."""
-    connection = await engine.raw_connection()
-    try:
-        driver = connection.driver_connection
-        assert driver is not None
-        result: T = await driver._execute(work, driver._conn)
-    finally:
-        await greenlet_spawn(connection.close)
-    return result
-
-
-def committed(db: sqlite3.Connection, work: Callable[[], T]) -> T:
-    """`work()` then its commit, or its rollback if it raised: one unit of work on sqlite3 (which begins
-    the transaction before the first statement that writes; with nothing written the commit is a
-    no-op)."""
-    try:
-        result = work()
-    except BaseException:
-        db.rollback()
-        raise
-    db.commit()
-    return result
-
-
-@cache
-def stored(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
-    """How `column` stores a value on `dialect` (on SQLite: a UUID as hex, a time as text)."""
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return (lambda value: value) if process is None else process
-
-
-@cache
-def read_back(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any]:
-    """How `column`'s stored value reads on `dialect`."""
-    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-    return (lambda value: value) if process is None else process

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.db import SessionDep
@@ -182,10 +182,25 @@ async def authenticate(
     raise Unauthorized("the token is not valid", code="invalid_token")
 
 
+# Agent authentication, written once: the machine found by its agent token's HMAC (`digest`), then
+# the HMAC compared in constant time (`holds_agent_token`). The hot operations (the poll, a telemetry
+# batch) read it in their own first statement, this one with the columns they need added, on their
+# own connection; every other agent route reads it through the request's session (`agent_for`).
+AGENT_BY_TOKEN = select(Machine.id, Machine.name, Machine.token_hmac).where(
+    Machine.token_hmac == bindparam("digest")
+)
+
+
+def holds_agent_token(token_hmac: str | None, digest: str) -> bool:
+    """Whether the `token_hmac` of the machine `AGENT_BY_TOKEN` found for `digest` (None: none found)
+    is `digest`, compared in constant time; a revoked token (NULL) is nobody's."""
+    return token_hmac is not None and token_hmac != "" and hmac.compare_digest(token_hmac, digest)
+
+
 async def _as_agent(session: AsyncSession, digest: str) -> Principal | None:
-    machine = await session.scalar(select(Machine).where(Machine.token_hmac == digest))
-    if machine is not None and machine.token_hmac and hmac.compare_digest(machine.token_hmac, digest):
-        return Principal(kind="agent", id=machine.id, name=machine.name)
+    found = (await session.execute(AGENT_BY_TOKEN, {"digest": digest})).first()
+    if found is not None and holds_agent_token(found.token_hmac, digest):
+        return Principal(kind="agent", id=found.id, name=found.name)
     return None
 
 

@@ -18,23 +18,23 @@ dependency would.
 bench/telemetry.py measures it against raw `executemany`.
 """
 
-import hmac
 import re
 import sqlite3
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, Dialect, and_, bindparam
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from api.core.db import committed, on_sqlite_thread, stored
 from api.core.errors import NotFound
 from api.core.notify import Notifier
-from api.core.security import refuse_as_agent
-from api.models import RunTelemetry
+from api.core.security import AGENT_BY_TOKEN, holds_agent_token, refuse_as_agent
+from api.core.sqlite import committed, on_sqlite_connection, sqlite_statement, stored
+from api.models import Machine, Run, RunTelemetry
 from api.models.base import utcnow
 from api.telemetry.downsample import rollup_rows
 from api.telemetry.wire import Batch
@@ -42,7 +42,6 @@ from shared.enums import ACTIVE_RUN_STATUSES, RunStatus
 from shared.protocol import TelemetryReply
 
 MAX_MISSING_LISTED = 1000
-T = TypeVar("T")
 
 # Statements of both databases are written with `:name` parameters (sqlite3's); PostgreSQL's are
 # derived from them. The run's statuses are the enum's values, inlined.
@@ -61,11 +60,12 @@ _FIRST_ADMIT = (  # the row at 0 can be left by a refused batch of an older vers
     "RETURNING point_count, log_count"
 )
 _ACKED = "SELECT acked_through FROM run_telemetry WHERE run_id = :run"
-# The agent's token and its run, in one statement: no row, not an agent; no status, not its run.
-_AGENT_RUN = (
-    "SELECT m.token_hmac, r.status FROM machines m LEFT JOIN runs r ON r.id = :run AND r.machine_id = m.id "
-    "WHERE m.token_hmac = :digest"
+# The agent's token (`AGENT_BY_TOKEN`, the one agent authentication) and its run, in one statement: no
+# row, not an agent; no status, not its run.
+AGENT_RUN = AGENT_BY_TOKEN.add_columns(Run.status).outerjoin(
+    Run, and_(Run.id == bindparam("run"), Run.machine_id == Machine.id)
 )
+_SQLITE_AGENT_RUN = sqlite_statement(AGENT_RUN)
 _PROGRESS = (  # the run's progress and ETA as the batch says; its stage only when the batch names one
     "UPDATE runs SET progress = :progress, eta_seconds = :eta, stage = coalesce(:stage, stage) "
     f"WHERE id = :run AND status IN ({', '.join(repr(s.value) for s in ACTIVE_RUN_STATUSES)})"
@@ -165,6 +165,10 @@ _PG_LINES = (
 class _Database(Protocol):
     """The statements of a batch, on one database: each a call, none of them committing."""
 
+    def agent_run(self, digest: str, run_id: uuid.UUID) -> tuple[str | None, str | None] | None:
+        """`AGENT_RUN`'s token HMAC and run status (None: no machine holds `digest`)."""
+        ...
+
     def row(self, statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None: ...
 
     def execute(self, statement: str, parameters: dict[str, Any]) -> None: ...
@@ -183,6 +187,11 @@ class _Sqlite:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+
+    def agent_run(self, digest: str, run_id: uuid.UUID) -> tuple[str | None, str | None] | None:
+        parameters = _SQLITE_AGENT_RUN.parameters({"digest": digest, "run": run_id})
+        found = self.db.execute(_SQLITE_AGENT_RUN.sql, parameters).fetchone()
+        return None if found is None else (found[2], found[3])
 
     def row(self, statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
         found: Sequence[Any] | None = self.db.execute(statement, parameters).fetchone()
@@ -219,6 +228,10 @@ class _Postgres:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
+    def agent_run(self, digest: str, run_id: uuid.UUID) -> tuple[str | None, str | None] | None:
+        found = self.connection.execute(AGENT_RUN, {"digest": digest, "run": run_id}).first()
+        return None if found is None else (found.token_hmac, found.status)
+
     def row(self, statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
         return self.connection.exec_driver_sql(_pg(statement), parameters).first()
 
@@ -246,10 +259,11 @@ class _Outcome(NamedTuple):
     acked: int | None = None  # what the run has when the batch was not stored now, else None
 
 
-def _store(db: _Database, digest: str, run: Any, now: Any, batch: Batch) -> _Outcome:
-    """The batch's statements, from the agent's token to the run's progress."""
-    found = db.row(_AGENT_RUN, {"run": run, "digest": digest})
-    if found is None or not found[0] or not hmac.compare_digest(found[0], digest):
+def _store(db: _Database, digest: str, run_id: uuid.UUID, run: Any, now: Any, batch: Batch) -> _Outcome:
+    """The batch's statements, from the agent's token to the run's progress (`run`: the run's id as
+    the database stores it)."""
+    found = db.agent_run(digest, run_id)
+    if found is None or not holds_agent_token(found[0], digest):
         return _Outcome(agent=False)
     if found[1] is None:
         return _Outcome(agent=True)
@@ -311,8 +325,8 @@ def _store_points(db: _Database, run: Any, batch: Batch, base: int) -> None:
 
 def _keys(dialect: Dialect, run_id: uuid.UUID) -> tuple[Any, Any]:
     """The run's id and the time now as `dialect` stores them."""
-    key = stored(dialect, RunTelemetry.__table__.c.run_id)(run_id)
-    return key, stored(dialect, RunTelemetry.__table__.c.updated_at)(utcnow())
+    key = stored(RunTelemetry.__table__.c.run_id, dialect)(run_id)
+    return key, stored(RunTelemetry.__table__.c.updated_at, dialect)(utcnow())
 
 
 def _reply(outcome: _Outcome, run_id: uuid.UUID, batch: Batch) -> tuple[TelemetryReply, bool]:
@@ -326,6 +340,80 @@ def _reply(outcome: _Outcome, run_id: uuid.UUID, batch: Batch) -> tuple[Telemetr
     return TelemetryReply(acked_through=batch.seq, stop=ended), True
 
 
+class BatchStore(Protocol):
+    async def store(self, digest: str, run_id: uuid.UUID, batch: Batch) -> _Outcome:
+        """`batch`'s statements as one unit, committed (nothing written unless stored now), and the
+        run's followers woken after the commit when it stored points or lines."""
+        ...
+
+
+class SqliteBatches:
+    """No session: the statements and the commit in one call on the pool's connection (through a
+    session, the commit was a hand-off of its own, 0.6 to 1.3 ms a batch with SQLAlchemy's part).
+    SQLite is served by one process, so the wake-up is the in-process notifier's, after the commit."""
+
+    def __init__(self, engine: AsyncEngine, notifier: Notifier) -> None:
+        self.engine, self.notifier = engine, notifier
+
+    async def store(self, digest: str, run_id: uuid.UUID, batch: Batch) -> _Outcome:
+        key, now = _keys(self.engine.dialect, run_id)
+        outcome = await on_sqlite_connection(
+            self.engine,
+            lambda db: committed(db, lambda: _store(_Sqlite(db), digest, run_id, key, now, batch)),
+        )
+        if _stored(outcome) and _wakes(batch):
+            self.notifier.wake({run_id})
+        return outcome
+
+
+class PostgresBatches:
+    """A session of the route's own, the statements under `run_sync` (a round trip each), committed
+    as the session dependency would; the commit publishes the wake-up to every API process
+    (`api/core/notify.py`)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], notifier: Notifier) -> None:
+        self.sessionmaker, self.notifier = sessionmaker, notifier
+
+    async def store(self, digest: str, run_id: uuid.UUID, batch: Batch) -> _Outcome:
+        async with self.sessionmaker() as session:
+            try:
+                connection = await session.connection()
+                key, now = _keys(connection.dialect, run_id)
+                outcome = await connection.run_sync(
+                    lambda sync: _store(_Postgres(sync), digest, run_id, key, now, batch)
+                )
+                if _stored(outcome) and _wakes(batch):
+                    self.notifier.run_changed_after_commit(session, run_id)
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+        return outcome
+
+
+def _stored(outcome: _Outcome) -> bool:
+    return outcome.status is not None and outcome.acked is None
+
+
+def _wakes(batch: Batch) -> bool:
+    return bool(len(batch.value) or len(batch.logs.text))
+
+
+_stores: "weakref.WeakKeyDictionary[AsyncEngine, BatchStore]" = weakref.WeakKeyDictionary()
+
+
+def batch_store(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], notifier: Notifier
+) -> BatchStore:
+    """The engine's implementation, chosen once from its dialect."""
+    store = _stores.get(engine)
+    if store is None:
+        sqlite = engine.dialect.name == "sqlite"
+        store = SqliteBatches(engine, notifier) if sqlite else PostgresBatches(sessionmaker, notifier)
+        _stores[engine] = store
+    return store
+
+
 async def ingest(
     engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -336,39 +424,12 @@ async def ingest(
 ) -> tuple[TelemetryReply, bool]:
     """Store `batch` for the agent whose token's HMAC is `digest`, once, committed; returns the reply
     and whether it was stored now (not a repeat or refused). 401/403 for a token that is no machine's,
-    as `CurrentAgent`; 404 `run_not_found` for a run that is not the machine's.
+    as `CurrentAgent`; 404 `run_not_found` for a run that is not the machine's (neither wrote anything).
 
-    The route's one unit of work, committed here as the session dependency would (before the answer;
-    rolled back if anything raises). On SQLite, with no session: a connection of the engine's, and the
-    statements and the commit in one call on the driver's thread (through a session, the commit was a
-    hand-off of its own, 0.6 to 1.3 ms a batch with SQLAlchemy's part); SQLite is served by one process,
-    so the wake-up of the run's followers is the in-process notifier's, after the commit. On PostgreSQL,
-    a session, whose commit publishes the wake-up to the other processes (`api/core/notify.py`)."""
-    wakes = bool(len(batch.value) or len(batch.logs.text))
-    if engine.dialect.name == "sqlite" and notifier.channel is None:
-        key, now = _keys(engine.dialect, run_id)
-        outcome = await on_sqlite_thread(
-            engine, lambda db: committed(db, lambda: _store(_Sqlite(db), digest, key, now, batch))
-        )
-        if not outcome.agent:
-            async with sessionmaker() as session:
-                await refuse_as_agent(session, digest)
-        reply, stored = _reply(outcome, run_id, batch)
-        if stored and wakes:
-            notifier.wake({run_id})
-        return reply, stored
-    async with sessionmaker() as session:
-        try:
-            connection = await session.connection()
-            key, now = _keys(connection.dialect, run_id)
-            outcome = await connection.run_sync(lambda sync: _store(_Postgres(sync), digest, key, now, batch))
-            if not outcome.agent:
-                await refuse_as_agent(session, digest)
-            reply, stored = _reply(outcome, run_id, batch)
-            if stored and wakes:
-                notifier.run_changed_after_commit(session, run_id)
-        except BaseException:
-            await session.rollback()
-            raise
-        await session.commit()
-    return reply, stored
+    The route's one unit of work, committed by the engine's `BatchStore` as the session dependency
+    would (before the answer; rolled back if anything raises)."""
+    outcome = await batch_store(engine, sessionmaker, notifier).store(digest, run_id, batch)
+    if not outcome.agent:
+        async with sessionmaker() as session:
+            await refuse_as_agent(session, digest)
+    return _reply(outcome, run_id, batch)

@@ -11,8 +11,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from prometheus_client import REGISTRY
 
-from api.agent_routes import poll
-from api.agent_routes.poll import Poll
+from api.agent_routes.poll_store import PostgresPolls, SqlitePolls, Taken
 from api.core.notify import Notifier
 from shared.protocol import Command
 from tests.api.world import (
@@ -394,9 +393,9 @@ async def test_a_command_committed_after_the_look_but_before_the_wait_wakes_the_
     looks: list[list[Command]] = []
 
     def committing_after(
-        look: Callable[..., Awaitable[Poll | None]],
-    ) -> Callable[..., Awaitable[Poll | None]]:
-        async def then_commit(*args: Any) -> Poll | None:
+        look: Callable[..., Awaitable[Taken | None]],
+    ) -> Callable[..., Awaitable[Taken | None]]:
+        async def then_commit(*args: Any) -> Taken | None:
             found = await look(*args)
             assert found is not None
             looks.append(found.commands)
@@ -407,8 +406,8 @@ async def test_a_command_committed_after_the_look_but_before_the_wait_wakes_the_
 
         return then_commit
 
-    monkeypatch.setattr(poll, "_on_sqlite", committing_after(poll._on_sqlite))
-    monkeypatch.setattr(poll, "_on_connection", committing_after(poll._on_connection))
+    monkeypatch.setattr(SqlitePolls, "poll", committing_after(SqlitePolls.poll))
+    monkeypatch.setattr(PostgresPolls, "poll", committing_after(PostgresPolls.poll))
     async with agent_client(app, world.agent_token) as agent:
         # Were the command missed, the poll would answer [] when its wait ends.
         commands = ok(await agent.get("/commands", params={"wait": 10}))
