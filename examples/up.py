@@ -13,7 +13,9 @@
    `DATA/logs/agent.log`. Packages never run as the agent's user nor as root (`run_settings`): as
    root, as the unprivileged `trainyard-run` (made if missing) in a bubblewrap sandbox; otherwise in
    the sandbox as you. Without bubblewrap it refuses, saying how to go on.
-5. `examples/demo.py` (not with `--no-demo`), then either waits for Ctrl-C (or SIGTERM) and stops the
+5. The console's password for `admin` (who has a token, not a password): generated on the first start,
+   set through the API and kept in `DATA/admin_password` (mode 600).
+6. `examples/demo.py` (not with `--no-demo`), then either waits for Ctrl-C (or SIGTERM) and stops the
    agent and the API, or with `--exit-after-demo` stops them at once and exits with the demo's status.
 
 Stopping the agent with SIGTERM leaves a run it has in hand going; the next start re-adopts it.
@@ -245,8 +247,37 @@ def run_demo(command: list[str], env: dict[str, str], children: list[Child]) -> 
     return demo.returncode
 
 
+def admin_password(url: str, token: str, data_dir: Path) -> Path | None:
+    """The file holding `admin`'s console password, set on the first start; None if it could not be set
+    (the token is not `admin`'s, say): the console then needs a password set by hand."""
+    stored = data_dir / "admin_password"
+    if stored.exists():
+        return stored
+    password = secrets.token_urlsafe(18)
+    _write_secret(stored, password)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=30) as client:
+        response = client.patch("/users/admin", json={"password": password})
+    if response.status_code != 200:
+        stored.unlink()
+        print(f"up: could not set admin's console password ({response.status_code}): {response.text[:200]}")
+        return None
+    print(f"the administrator `admin`'s console password (kept in {stored}, shown this once):")
+    print(f"\n    {password}\n")
+    return stored
+
+
 def _print_urls(url: str) -> None:
     print(f"\nAPI docs (OpenAPI): {url}/docs\nPrometheus metrics:  {url}/metrics")
+
+
+def _print_console(url: str, password_file: Path | None) -> None:
+    how = (
+        f"sign in as `admin` with the password in {password_file}"
+        if password_file is not None
+        else 'set a password for `admin` first: PATCH /api/v1/users/admin {"password": ...}'
+    )
+    print(f"\nThe console: {url}/ui/ ({how})")
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -269,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token = admin_token(data_dir)
         with stack(data_dir, args.host, args.port, token) as (url, children):
+            password_file = admin_password(url, token, data_dir)
             if not args.no_demo:
                 demo = [sys.executable, str(EXAMPLES / "demo.py"), "--api", url, "--machine", MACHINE]
                 status = run_demo(demo, dict(os.environ, TRAINYARD_TOKEN=token), children)
             if args.no_demo or status != 0:  # else the demo printed them
                 _print_urls(url)
+            _print_console(url, password_file)
             if args.exit_after_demo:
                 print("stopping the agent and the API (--exit-after-demo)")
                 return status
