@@ -21,10 +21,11 @@ read is what the ORM stores and reads, written once.
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import cache
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, Dialect
@@ -39,8 +40,6 @@ _KEY_FUNCTION = "trainyard_connection_key"
 _INFO_KEY = "trainyard.sqlite3"
 _made: dict[int, sqlite3.Connection] = {}  # made, not yet claimed by the pool's `connect` hook
 _keys = itertools.count(1)
-# One thread: SQLite is served by one process, through one connection (`api/core/db.py`).
-_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainyard-sqlite")
 
 
 class _Tracked(sqlite3.Connection):
@@ -68,14 +67,80 @@ def claim_connection(dbapi_connection: Any, record: Any) -> None:
 async def on_sqlite_connection(engine: AsyncEngine, work: Callable[[sqlite3.Connection], T]) -> T:
     """`work(sqlite3 connection)` as one call on this module's thread, on the pool's connection
     (checked out for it, so nothing else uses it meanwhile; returned after it, rolled back as the pool
-    does). The pool's own connection, not an `AsyncConnection`: cheaper to take and give back."""
+    does). The pool's own connection, not an `AsyncConnection`: cheaper to take and give back.
+
+    A caller cancelled while `work` runs (its client hung up) does not return the connection under
+    it: the connection goes back once `work` is done with it."""
     connection = await engine.raw_connection()
     try:
         db: sqlite3.Connection = connection.info[_INFO_KEY]
-        result = await asyncio.get_running_loop().run_in_executor(_thread, work, db)
-    finally:
+        done = _WORKER.submit(work, db)
+    except BaseException:
         await greenlet_spawn(connection.close)
-    return result
+        raise
+    try:
+        return await asyncio.shield(done)
+    finally:
+        if done.done():
+            await greenlet_spawn(connection.close)
+        else:
+            done.add_done_callback(lambda _: _later(greenlet_spawn(connection.close)))
+
+
+_closing: set["asyncio.Task[Any]"] = set()
+
+
+def _later(closing: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(closing)
+    _closing.add(task)  # held until done: the loop keeps only a weak reference to a task
+    task.add_done_callback(_closing.discard)
+
+
+class _Worker:
+    """One thread that runs calls in turn and hands each result to its caller's loop: what aiosqlite's
+    own thread does (a queue and `call_soon_threadsafe`), without a `concurrent.futures` future a call
+    (`run_in_executor` cost 60 us more a poll: docs/benchmarks.md)."""
+
+    def __init__(self) -> None:
+        self._calls: SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]]
+        self._calls = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def submit(self, work: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> "asyncio.Future[T]":
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name="trainyard-sqlite", daemon=True)
+                    self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, lambda: work(db)))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, call = self._calls.get()
+            try:
+                result = call()
+            except BaseException as error:  # handed to the caller, whatever it is
+                loop.call_soon_threadsafe(_fail, future, error)
+            else:
+                loop.call_soon_threadsafe(_succeed, future, result)
+
+
+def _succeed(future: "asyncio.Future[Any]", result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: "asyncio.Future[Any]", error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+# One thread: SQLite is served by one process, through one connection (`api/core/db.py`).
+_WORKER = _Worker()
 
 
 def committed(db: sqlite3.Connection, work: Callable[[], T]) -> T:
