@@ -10,12 +10,12 @@ API processes.
 Then one statement updates and creates the batch's series (it returns their ids and counts), one
 stores its points, one upserts its rollup rows (docs/telemetry.md), one its lines, one the run's
 progress. The per-point work (grouping by series, the rollups, the columns the driver reads) is
-numpy's. On SQLite the whole of it runs as one call on the driver's own thread, straight on sqlite3:
-through SQLAlchemy's aiosqlite adapter every statement cost three or four hand-offs between threads.
-On SQLite the commit is in the same call (no session: `ingest`); on PostgreSQL the statements run
-under `run_sync`, a round trip a statement, in a session of the route's own, committed as the session
-dependency would.
-bench/telemetry.py measures it against raw `executemany`.
+numpy's. The unit is the engine's `BatchStore`, its two implementations side by side:
+`SqliteBatches` runs the whole of it, commit included, as one call on sqlite3 (`api/core/sqlite.py`:
+through SQLAlchemy's aiosqlite adapter every statement is a hand-off between threads, 25 % more CPU a
+5,000-point batch); `PostgresBatches` runs the statements under `run_sync`, a round trip a statement, in
+a session of the route's own, committed as the session dependency would. `tests/api/test_hot_stores.py`
+compares the two; bench/telemetry.py measures them against raw `executemany`.
 """
 
 import re
