@@ -52,7 +52,7 @@ def seen_parameters(machine_id: uuid.UUID) -> dict[str, object]:
 
 async def mark_seen(session: AsyncSession, machine_id: uuid.UUID) -> None:
     """The machine answered: record it, and clear the offline flag of its runs. (The long-poll, which
-    reads first what it may have to write, runs the same statements in api/agent_routes/poll.py, on
+    reads first what it may have to write, runs the same statements in api/agent_routes/poll_store.py, on
     SQLite in their sqlite3 form.)"""
     await session.execute(MARK_SEEN, seen_parameters(machine_id))
     await session.execute(CLEAR_OFFLINE, {"machine": machine_id})
