@@ -18,8 +18,7 @@ from fastapi import Depends, Request, Response
 from api.console import csrf
 from api.core.db import SessionDep
 from api.core.errors import Unauthorized
-from api.core.security import Principal, _as_user, token_hmac
-from api.models import AuditEvent
+from api.core.security import Principal, audit_event, token_hmac, user_for_token
 from api.models.base import utcnow
 
 COOKIE = "trainyard_session"
@@ -75,7 +74,7 @@ async def _signed_in(request: Request, session: SessionDep) -> ConsoleSession:
         raise SignInRequired(_asked_for(request))
     key: bytes = request.app.state.token_key
     try:
-        principal = await _as_user(session, token_hmac(key, token))
+        principal = await user_for_token(session, token_hmac(key, token))
     except Unauthorized:  # revoked, expired, or its user disabled
         principal = None
     if principal is None:
@@ -98,18 +97,7 @@ SignedInChanging = Annotated[ConsoleSession, Depends(_signed_in_changing)]
 def audit(session: SessionDep, request: Request, principal: Principal, action: str) -> None:
     """The audit row a change leaves, as the API's `current_user` writes it for its own routes; added
     to the request's unit of work, so a change that fails leaves none."""
-    session.add(
-        AuditEvent(
-            actor_kind="user",
-            actor_id=principal.id,
-            actor_name=principal.name,
-            token_id=principal.token_id,
-            action=action,
-            method=request.method,
-            path=request.url.path[:2048],
-            project_id=getattr(request.state, "project_id", None),
-        )
-    )
+    session.add(audit_event(request, principal, action))
 
 
 def set_session_cookie(response: Response, request: Request, token: str, expires_at: datetime) -> None:

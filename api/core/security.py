@@ -173,7 +173,7 @@ async def authenticate(
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     digest = bearer_digest(request)
-    user = await _as_user(session, digest)
+    user = await user_for_token(session, digest)
     if user is not None:
         return user
     agent = await _as_agent(session, digest)
@@ -207,12 +207,12 @@ async def _as_agent(session: AsyncSession, digest: str) -> Principal | None:
 async def refuse_as_agent(session: AsyncSession, digest: str) -> NoReturn:
     """A token that is no machine's, on an agent route: 403 for a user's valid token (`current_agent`),
     401 otherwise, as `authenticate` then `current_agent` would answer."""
-    if await _as_user(session, digest) is not None:
+    if await user_for_token(session, digest) is not None:
         raise Forbidden("this route takes a machine's agent token", code="agent_token_required")
     raise Unauthorized("the token is not valid", code="invalid_token")
 
 
-async def _as_user(session: AsyncSession, digest: str) -> Principal | None:
+async def user_for_token(session: AsyncSession, digest: str) -> Principal | None:
     now = utcnow()
     api_token = await session.scalar(select(ApiToken).where(ApiToken.token_hmac == digest))
     if api_token is None or not hmac.compare_digest(api_token.token_hmac, digest):
@@ -274,18 +274,22 @@ async def current_user(
     yield principal
     if request.method not in _SAFE_METHODS:
         route = request.scope.get("route")
-        session.add(
-            AuditEvent(
-                actor_kind="user",
-                actor_id=principal.id,
-                actor_name=principal.name,
-                token_id=principal.token_id,
-                action=getattr(route, "operation_id", None) or request.url.path[:128],
-                method=request.method,
-                path=request.url.path[:2048],
-                project_id=getattr(request.state, "project_id", None),
-            )
-        )
+        action = getattr(route, "operation_id", None) or request.url.path[:128]
+        session.add(audit_event(request, principal, action))
+
+
+def audit_event(request: Request, principal: Principal, action: str) -> AuditEvent:
+    """The audit row a person's or a bot's change leaves, for the request's own unit of work."""
+    return AuditEvent(
+        actor_kind="user",
+        actor_id=principal.id,
+        actor_name=principal.name,
+        token_id=principal.token_id,
+        action=action,
+        method=request.method,
+        path=request.url.path[:2048],
+        project_id=getattr(request.state, "project_id", None),
+    )
 
 
 async def current_agent(
