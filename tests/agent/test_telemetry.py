@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tests.agent.shipper_process import folder_of, settings
 from tests.agent.test_client import agent_settings
 from tests.agent.test_runtime import RUNNER
 from tests.api.test_cli import COMMAND, Server, _env, _free_port, trainyard_api
-from tests.api.world import agent_client, make_world, ok, report, start_run, take_commands
+from tests.api.world import World, agent_client, make_world, ok, report, start_run, take_commands
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 PATIENCE = 90.0  # bounds on waiting, never timing assertions
@@ -263,12 +263,10 @@ def test_the_reader_follows_no_symlink_and_waits_on_no_fifo(tmp_path: Path) -> N
         assert spool_end(run / name) == 0 and read_spool(run / name) == []
 
 
-async def test_a_batch_whose_bounds_cannot_be_saved_is_never_sent(
+async def _launched_run_with_spool(
     app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
-) -> None:
-    """A full disk (the state file's temporary is /dev/full: ENOSPC) while a batch is cut: the batch
-    must not be sent, or an agent restarted later cuts the same seq over more lines, which the API
-    takes for a repeat, and those lines are lost."""
+) -> tuple[World, str, Path, Callable[[range], None]]:
+    """A launched run and its folder; `write(steps)` appends a loss point per step to its spool."""
     world = await make_world(client)
     run_id = (await start_run(client, world))["id"]
     async with agent_client(app, world.agent_token) as agent:
@@ -282,6 +280,17 @@ async def test_a_batch_whose_bounds_cannot_be_saved_is_never_sent(
         with spool.open("a") as file:
             for step in steps:
                 file.write(json.dumps({"t": time.time(), "step": step, "series": {"loss": step / 10}}) + "\n")
+
+    return world, run_id, root, write
+
+
+async def test_a_batch_whose_bounds_cannot_be_saved_is_never_sent(
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A full disk (the state file's temporary is /dev/full: ENOSPC) while a batch is cut: the batch
+    must not be sent, or an agent restarted later cuts the same seq over more lines, which the API
+    takes for a repeat, and those lines are lost."""
+    world, run_id, root, write = await _launched_run_with_spool(app, client, tmp_path)
 
     write(range(5))
     full = root / f".{STATE_FILE}.tmp"
@@ -309,19 +318,7 @@ async def test_a_renumbering_that_cannot_be_saved_is_never_adopted(
     """The API's database restored from a backup lacks a batch the agent no longer holds: the agent
     numbers what is left after what the API has. On a full disk that renumbering must stay unadopted
     (sent, then lost on a restart, the old numbers would be sent again and taken as new)."""
-    world = await make_world(client)
-    run_id = (await start_run(client, world))["id"]
-    async with agent_client(app, world.agent_token) as agent:
-        await take_commands(agent)
-        await report(agent, run_id, "launched")
-    root = tmp_path / "run"
-    root.mkdir()
-    spool = root / "spool.jsonl"
-
-    def write(steps: range) -> None:
-        with spool.open("a") as file:
-            for step in steps:
-                file.write(json.dumps({"t": time.time(), "step": step, "series": {"loss": step / 10}}) + "\n")
+    world, run_id, root, write = await _launched_run_with_spool(app, client, tmp_path)
 
     settings = agent_settings(world.agent_token, tmp_path)
     async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
