@@ -4,11 +4,12 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
-from api.console import csrf
+from api.console import csrf, nav
 from api.console.docs import router as docs_router
 from api.console.pages import HERE, STATIC_PATH, PageAnswer, redirect, render, translator
 from api.console.router import router as console_router
 from api.console.session import COOKIE, SignInRequired, clear_session_cookie, sign_in_url
+from api.console.views import page_modules
 from api.core.errors import problem_response
 
 
@@ -39,6 +40,13 @@ async def _page_answer(request: Request, exc: Exception) -> Response:
 def install_console(app: FastAPI) -> None:
     app.include_router(docs_router)
     app.include_router(console_router)
+    for module in page_modules():
+        app.include_router(module.router)
+        page = getattr(module, "PAGE", None)
+        if page is not None:
+            if page not in nav.BY_SLUG:
+                raise ValueError(f"{module.__name__}: PAGE {page!r} is not a page of api/console/nav.py")
+            nav.BUILT.add(page)
     app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="console-static")
     app.add_exception_handler(SignInRequired, _sign_in_required)
     app.add_exception_handler(csrf.CsrfRefused, _csrf_refused)

@@ -1,4 +1,5 @@
-"""Every string of the console, from a message catalog: `messages/<locale>.json`, English and Russian.
+"""Every string of the console, from a message catalog: `messages/<locale>/*.json`, English and Russian
+(one file per page or area, merged; a key defined twice is refused at load).
 
 The locale is the `lang` cookie (set by the language switch) when it names a catalog, else the best
 match of `Accept-Language`, else English. A catalog is a flat map of keys to texts with `{name}`
@@ -24,10 +25,20 @@ LANG_COOKIE = "lang"
 _SEPARATORS = {"en": (",", "."), "ru": ("\u00a0", ",")}
 
 
+def catalog_files(locale: str) -> list[Path]:
+    return sorted((MESSAGES / locale).glob("*.json"))
+
+
 @cache
 def catalog(locale: str) -> dict[str, str]:
-    loaded: dict[str, str] = json.loads((MESSAGES / f"{locale}.json").read_text(encoding="utf-8"))
-    return loaded
+    merged: dict[str, str] = {}
+    for path in catalog_files(locale):
+        part: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+        twice = merged.keys() & part.keys()
+        if twice:
+            raise ValueError(f"{path}: keys defined in another file too: {sorted(twice)}")
+        merged.update(part)
+    return merged
 
 
 def _accepted(header: str) -> list[str]:

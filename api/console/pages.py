@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.console.i18n import LOCALES, Translator, choose_locale
+from api.console.nav import nav_links
 from api.console.session import ConsoleSession
 
 HERE = Path(__file__).resolve().parent
@@ -19,17 +20,6 @@ CONSOLE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-# The pages to come, in the order of the nav; `None`: not built yet, shown unlinked.
-NAV = (
-    ("nav.templates", None),
-    ("nav.processes", None),
-    ("nav.models", None),
-    ("nav.machines", None),
-    ("nav.packages", None),
-    ("nav.datasets", None),
-    ("nav.people", None),
-)
-
 templates = Jinja2Templates(
     env=Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -80,11 +70,12 @@ def render(
         "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "active": None,
         "signed_in": signed_in,
-        "nav": NAV,
         "switcher": [],
         "project": None,
         **(context or {}),
     }
+    project = values["project"]
+    values.setdefault("nav", nav_links(project.name if project is not None else None))
     response = templates.TemplateResponse(request, name, values, status_code=status_code)
     secure(response)
     return response

@@ -6,7 +6,6 @@ to show with the same `Principal.can` the API's `requires` uses; it implements n
 """
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from pydantic import ValidationError
@@ -16,7 +15,9 @@ from api.access import login as access_login
 from api.access import service as access_service
 from api.access.schemas import LoginRequest
 from api.console import csrf
+from api.console.common import ProjectPage, field_errors, refuse, switcher
 from api.console.i18n import LANG_COOKIE, LOCALES
+from api.console.nav import project_url
 from api.console.pages import PageAnswer, redirect, render, translator
 from api.console.session import (
     SIGN_IN,
@@ -29,28 +30,17 @@ from api.console.session import (
     set_session_cookie,
 )
 from api.core.db import SessionDep
-from api.core.errors import Conflict, NotFound, TooManyRequests, Unauthorized
+from api.core.errors import Conflict, TooManyRequests, Unauthorized
 from api.core.schemas import MAX_PAGE_SIZE, PageParams
-from api.core.security import Permission, Principal, visible_project_id
+from api.core.security import Permission, Principal
 from api.projects import service as projects
 from api.projects.membership import add_creator
-from api.projects.schemas import ProjectCreate, ProjectRead
+from api.projects.schemas import ProjectCreate
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 LANG_COOKIE_SECONDS = 365 * 24 * 3600
 FormText = Annotated[str, Form(max_length=8192)]
 NextQuery = Annotated[str, Query(max_length=2048)]
-
-
-def project_url(name: str) -> str:
-    return f"/ui/projects/{quote(name, safe='')}/"
-
-
-async def _switcher(session: SessionDep, principal: Principal) -> list[ProjectRead]:
-    """The projects the header's switcher offers: those the person sees, as the API lists them."""
-    if not principal.can(Permission.PROJECTS_VIEW):
-        return []
-    return (await projects.list_projects(session, principal, PageParams(limit=MAX_PAGE_SIZE))).items
 
 
 # Sign in and out ------------------------------------------------------------------------------------
@@ -164,21 +154,21 @@ async def _projects_listing(
 ) -> dict[str, Any]:
     """What the Projects page shows, read before any change is tried: a refused change then renders it
     without touching the session its failure ended."""
-    switcher = await _switcher(session, principal)
+    offered = await switcher(session, principal)
     next_cursor = None
-    items = switcher
+    items = offered
     if cursor is not None and principal.can(Permission.PROJECTS_VIEW):
         page = await projects.list_projects(
             session, principal, PageParams(limit=MAX_PAGE_SIZE, cursor=cursor)
         )
         items, next_cursor = page.items, page.next_cursor
-    elif len(switcher) == MAX_PAGE_SIZE:
+    elif len(offered) == MAX_PAGE_SIZE:
         page = await projects.list_projects(session, principal, PageParams(limit=MAX_PAGE_SIZE))
         next_cursor = page.next_cursor
     return {
         "projects": items,
         "next_cursor": next_cursor,
-        "switcher": switcher,
+        "switcher": offered,
         "may_view": principal.can(Permission.PROJECTS_VIEW),
         "may_create": principal.can(Permission.PROJECTS_ADMIN),
     }
@@ -214,15 +204,6 @@ async def projects_page(
     return _projects_page(request, signed_in, listing)
 
 
-def _field_errors(error: ValidationError) -> dict[str, str]:
-    """The API's own messages for each field (its name rules say what is wrong in their words)."""
-    found: dict[str, str] = {}
-    for detail in error.errors():
-        field = str(detail["loc"][0]) if detail["loc"] else "name"
-        found.setdefault(field, str(detail["msg"]).removeprefix("Value error, "))
-    return found
-
-
 @router.post("/projects")
 async def create_project(
     request: Request,
@@ -235,7 +216,7 @@ async def create_project(
     principal = signed_in.principal
     form = {"name": name, "description": description}
     if not principal.can(Permission.PROJECTS_ADMIN):
-        raise PageAnswer(_error_page(request, signed_in, 403, "error.forbidden"))
+        raise refuse(request, signed_in, 403, "error.forbidden")
 
     listing = await _projects_listing(session, principal)
 
@@ -246,7 +227,7 @@ async def create_project(
     try:
         data = ProjectCreate(name=name, description=description)
     except ValidationError as invalid:
-        raise refused(_field_errors(invalid), 422) from None
+        raise refused(field_errors(invalid), 422) from None
     try:
         project = await projects.create_project(session, data)
     except Conflict as taken:
@@ -257,19 +238,6 @@ async def create_project(
     return redirect(project_url(project.name))
 
 
-def _error_page(
-    request: Request, signed_in: ConsoleSession | None, status_code: int, message: str
-) -> HTMLResponse:
-    t = translator(request).t
-    return render(
-        request,
-        "error.html",
-        {"title": t(f"error.{status_code}"), "message": t(message)},
-        signed_in=signed_in,
-        status_code=status_code,
-    )
-
-
 @router.get("/go")
 async def go_to_project(project: Annotated[str, Query(max_length=512)], _: SignedIn) -> RedirectResponse:
     """The switcher's form, without script: to the chosen project's home."""
@@ -277,21 +245,7 @@ async def go_to_project(project: Annotated[str, Query(max_length=512)], _: Signe
 
 
 @router.get("/projects/{project}/")
-async def project_home(
-    request: Request, project: str, session: SessionDep, signed_in: SignedIn
-) -> HTMLResponse:
-    """A project's home: what it holds, and the pages that will live in it."""
-    principal = signed_in.principal
-    try:
-        project_id = await visible_project_id(session, principal, project)
-    except NotFound:
-        raise PageAnswer(_error_page(request, signed_in, 404, "error.no_project")) from None
-    if not principal.can(Permission.PROJECTS_VIEW, project_id):
-        raise PageAnswer(_error_page(request, signed_in, 403, "error.forbidden"))
-    found = await projects.get_project(session, project)
-    context: dict[str, Any] = {
-        "project": found,
-        "template_count": await projects.template_count(session, found),
-        "switcher": await _switcher(session, principal),
-    }
-    return render(request, "project_home.html", context, signed_in=signed_in)
+async def project_home(request: Request, session: SessionDep, where: ProjectPage) -> HTMLResponse:
+    """A project's home: what it holds, and its pages."""
+    context = where.context(template_count=await projects.template_count(session, where.project))
+    return render(request, "project_home.html", context, signed_in=where.signed_in)

@@ -7,17 +7,24 @@ install, never skip silently (docs/testing.md).
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from api.console.vendor import VENDOR
+from tests.api.test_cli import Server, serving, trainyard_api
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.console.kit import PASSWORD
 
 AXE = VENDOR / "axe-core" / "axe.min.js"
 AXE_URL = "/ui/static/vendor/axe-core/axe.min.js"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 BLOCKING_IMPACTS = frozenset({"serious", "critical"})
+SETTINGS = {"bootstrap_token": ADMIN_TOKEN, "secret_key": SECRET_KEY}
 
 
 def chromium_path() -> str:
@@ -71,3 +78,26 @@ class Watch:
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
         dialog.dismiss()
+
+
+def sign_in(page: Any, name: str = "ann", password: str = PASSWORD) -> None:
+    """Fill and send the Sign in form the page shows, as a person does."""
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def accessible(page: Any) -> None:
+    assert axe_violations(page) == []
+
+
+@contextmanager
+def console_api(cwd: Path) -> Iterator[tuple[Server, httpx.Client]]:
+    """A migrated, served API on SQLite in `cwd`, and a REST client of its bootstrap administrator to
+    seed what a test module looks at (`/api/v1` is its base URL)."""
+    migrated = trainyard_api(cwd, "migrate", **SETTINGS)
+    assert migrated.returncode == 0, migrated.stderr
+    with serving(cwd, **SETTINGS) as running:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=f"{running.base_url}/api/v1", headers=admin, timeout=30) as api:
+            yield running, api

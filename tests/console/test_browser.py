@@ -3,71 +3,33 @@ projects, a hostile text stays text, CSRF, sign-out on the server, an ended sess
 axe-core on every page, and a screenshot of each into docs/console/."""
 
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
-from tests.api.test_cli import Server, serving, trainyard_api
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.console.browser import Watch, axe_violations, chromium_path, launch_args, screenshot
+from tests.api.test_cli import Server
+from tests.conftest import ADMIN_TOKEN
+from tests.console.browser import Watch, accessible, console_api, screenshot, sign_in
 from tests.console.kit import PASSWORD
 
 HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>"
-SETTINGS = {"bootstrap_token": ADMIN_TOKEN, "secret_key": SECRET_KEY}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One API for the module, on SQLite, with the people and projects the tests look at."""
-    cwd: Path = tmp_path_factory.mktemp("console")
-    migrated = trainyard_api(cwd, "migrate", **SETTINGS)
-    assert migrated.returncode == 0, migrated.stderr
-    with serving(cwd, **SETTINGS) as running:
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        with httpx.Client(base_url=f"{running.base_url}/api/v1", headers=admin, timeout=30) as api:
-            for body in (
-                {"name": "ann", "display_name": "Ann", "password": PASSWORD, "is_admin": True},
-                {"name": "vera", "password": PASSWORD},
-            ):
-                assert api.post("/users", json=body).status_code == 201
-            made = api.post("/projects", json={"name": "invoices", "description": HOSTILE})
-            assert made.status_code == 201
-            assert api.put("/projects/invoices/members/vera", json={"role": "viewer"}).status_code == 200
+    with console_api(tmp_path_factory.mktemp("console")) as (running, api):
+        for body in (
+            {"name": "ann", "display_name": "Ann", "password": PASSWORD, "is_admin": True},
+            {"name": "vera", "password": PASSWORD},
+        ):
+            assert api.post("/users", json=body).status_code == 201
+        made = api.post("/projects", json={"name": "invoices", "description": HOSTILE})
+        assert made.status_code == 201
+        assert api.put("/projects/invoices/members/vera", json={"role": "viewer"}).status_code == 200
         yield running
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=launch_args())
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def context(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = chromium.new_context(base_url=server.base_url, viewport={"width": 1280, "height": 800})
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
-
-
-def sign_in(page: Page, name: str = "ann") -> None:
-    page.get_by_label("Username").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-
-
-def accessible(page: Page) -> None:
-    assert axe_violations(page) == []
 
 
 def test_sign_in_see_projects_create_one(page: Page) -> None:
@@ -88,7 +50,7 @@ def test_sign_in_see_projects_create_one(page: Page) -> None:
     page.get_by_label("Description").fill("Счета-фактуры, 2026")
     page.get_by_role("button", name="Create", exact=True).click()
     expect(page.get_by_role("heading", name="Классификатор-счетов_v1.2", level=1)).to_be_visible()
-    expect(page.get_by_text("Pages to come in this project")).to_be_visible()
+    expect(page.get_by_text("Pages of this project")).to_be_visible()
     accessible(page)
     screenshot(page, "project-home")
 
