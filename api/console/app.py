@@ -1,14 +1,21 @@
 """Wiring the console into the API's app: its routes, its static files, what its refusals look like."""
 
 from fastapi import FastAPI, Request
-from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
 from api.console import csrf, nav
 from api.console.docs import router as docs_router
-from api.console.pages import HERE, STATIC_PATH, PageAnswer, redirect, render, translator
+from api.console.pages import PageAnswer, redirect, render, translator
 from api.console.router import router as console_router
 from api.console.session import COOKIE, SignInRequired, clear_session_cookie, sign_in_url
+from api.console.static_files import (
+    STABLE_CACHE,
+    STATIC_DIR,
+    STATIC_PATH,
+    VERSIONED_CACHE,
+    CachedStaticFiles,
+    versioned_static_path,
+)
 from api.console.views import page_modules
 from api.core.errors import problem_response
 
@@ -47,7 +54,11 @@ def install_console(app: FastAPI) -> None:
             if page not in nav.BY_SLUG:
                 raise ValueError(f"{module.__name__}: PAGE {page!r} is not a page of api/console/nav.py")
             nav.BUILT.add(page)
-    app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="console-static")
+    # The versioned prefix first: it lies under the stable one (api/console/static_files.py).
+    versioned = CachedStaticFiles(directory=STATIC_DIR, cache_control=VERSIONED_CACHE)
+    app.mount(versioned_static_path(), versioned, name="console-static-versioned")
+    stable = CachedStaticFiles(directory=STATIC_DIR, cache_control=STABLE_CACHE)
+    app.mount(STATIC_PATH, stable, name="console-static")
     app.add_exception_handler(SignInRequired, _sign_in_required)
     app.add_exception_handler(csrf.CsrfRefused, _csrf_refused)
     app.add_exception_handler(PageAnswer, _page_answer)

@@ -12,9 +12,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from api.console.i18n import LOCALES, Translator, choose_locale
 from api.console.nav import nav_links
 from api.console.session import ConsoleSession
+from api.console.static_files import STATIC_PATH as STATIC_PATH  # docs.py links the stable URL
+from api.console.static_files import versioned_static_path
 
 HERE = Path(__file__).resolve().parent
-STATIC_PATH = "/ui/static"
 # No inline script or style anywhere: every script and stylesheet is a file of this origin.
 CONSOLE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -66,7 +67,7 @@ def render(
         "when": translator.when,
         "locale": translator.locale,
         "locales": LOCALES,
-        "static": STATIC_PATH,
+        "static": versioned_static_path(),  # cached for good: the URL changes with the files
         "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "active": None,
         "signed_in": signed_in,
