@@ -1,0 +1,247 @@
+"""`trainyard packages`, `datasets`, `models`: what a project trains from, on, and into."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli import output, upload
+from cli.client import segment
+from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
+
+packages = typer.Typer(help="ML packages and their versions (1.0 uploaded, 1.1 trained, ...).")
+datasets = typer.Typer(help="Datasets and their versions (1, 2, ...).")
+models = typer.Typer(help="Trained models: the versions successful runs made.")
+
+VersionArg = Annotated[str | None, typer.Argument(help="One version (default: the package or dataset).")]
+PathArg = Annotated[Path, typer.Argument(help="A zip, or a folder (zipped on the way).", exists=True)]
+
+
+def _base(project_name: str | None, kind: str) -> str:
+    return f"/projects/{segment(project(project_name))}/{kind}"
+
+
+def _version_fields(v: dict[str, Any]) -> list[tuple[str, object]]:
+    metrics = (v.get("lineage") or {}).get("metrics") or {}
+    return [
+        ("package", v["package"]),
+        ("version", v["version"]),
+        ("origin", v["origin"] + (f" from {v['parent_version']}" if v.get("parent_version") else "")),
+        ("run", v.get("run_id") or "-"),
+        ("size", output.size(v["size"])),
+        ("sha256", v["sha256"]),
+        ("metrics", ", ".join(f"{k} {_number(x)}" for k, x in sorted(metrics.items())) or "-"),
+        ("created", output.when(v["created_at"])),
+    ]
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _versions_table(rows: list[dict[str, Any]], empty: str) -> None:
+    output.table(
+        rows,
+        [
+            ("PACKAGE", lambda v: v["package"]),
+            ("VERSION", lambda v: v["version"]),
+            ("ORIGIN", lambda v: v["origin"]),
+            ("PARENT", lambda v: v.get("parent_version") or "-"),
+            (
+                "ACCURACY",
+                lambda v: _number(((v.get("lineage") or {}).get("metrics") or {}).get("accuracy", "-")),
+            ),
+            ("CREATED", lambda v: output.when(v["created_at"])),
+        ],
+        empty=empty,
+    )
+
+
+# --- packages
+
+
+@packages.command("list")
+def packages_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+    """The project's packages, with their latest versions."""
+    with api() as client:
+        rows = client.items(_base(project_name, "packages"), limit=limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    output.table(
+        rows,
+        [
+            ("NAME", lambda p: p["name"]),
+            ("LATEST", lambda p: p["latest_version"] or "-"),
+            ("VERSIONS", lambda p: p["version_count"]),
+            ("DESCRIPTION", lambda p: p["description"]),
+        ],
+        empty="no packages yet: `trainyard packages upload NAME PACKAGE.zip`",
+    )
+
+
+@packages.command("show")
+def packages_show(
+    name: str, version: VersionArg = None, project_name: ProjectOpt = None, as_json: JsonOpt = False
+) -> None:
+    """A package and its versions, or one version."""
+    base = f"{_base(project_name, 'packages')}/{segment(name)}"
+    with api() as client:
+        if version is not None:
+            found = client.get(f"{base}/versions/{segment(version)}")
+            return output.print_json(found) if as_json else output.fields(_version_fields(found))
+        package = client.get(base)
+        versions = client.items(f"{base}/versions")
+    if as_json:
+        output.print_json({**package, "versions": versions})
+        return
+    output.fields([("package", package["name"]), ("description", package["description"])])
+    _versions_table(versions, "no versions")
+
+
+@packages.command("upload")
+def packages_upload(
+    name: str, path: PathArg, project_name: ProjectOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Upload a package zip (or folder) as the next major version, creating the package on its first."""
+    with upload.zipped(path) as file, api() as client:
+        made = upload.send_files(
+            client,
+            f"{_base(project_name, 'packages')}/{segment(name)}/versions",
+            [("file", file, path.name)],
+            data={},
+            quiet=as_json,
+        )
+    if as_json:
+        output.print_json(made)
+    else:
+        output.out.print(output.text(f"Uploaded {made['package']} {made['version']}."))
+
+
+# --- datasets
+
+
+def _dataset_version_fields(v: dict[str, Any]) -> list[tuple[str, object]]:
+    return [
+        ("dataset", v["dataset"]),
+        ("version", v["number"]),
+        ("files", v["file_count"]),
+        ("size", output.size(v["total_bytes"])),
+        ("content", v["content_hash"]),
+        ("created", output.when(v["created_at"])),
+    ]
+
+
+@datasets.command("list")
+def datasets_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+    """The project's datasets."""
+    with api() as client:
+        rows = client.items(_base(project_name, "datasets"), limit=limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    output.table(
+        rows,
+        [
+            ("NAME", lambda d: d["name"]),
+            ("LATEST", lambda d: d["latest_version"] or "-"),
+            ("DESCRIPTION", lambda d: d["description"]),
+        ],
+        empty="no datasets yet: `trainyard datasets upload NAME FOLDER`",
+    )
+
+
+@datasets.command("show")
+def datasets_show(
+    name: str, version: VersionArg = None, project_name: ProjectOpt = None, as_json: JsonOpt = False
+) -> None:
+    """A dataset and its versions, or one version (a number or `latest`)."""
+    base = f"{_base(project_name, 'datasets')}/{segment(name)}"
+    with api() as client:
+        if version is not None:
+            found = client.get(f"{base}/versions/{segment(version)}")
+            return output.print_json(found) if as_json else output.fields(_dataset_version_fields(found))
+        dataset = client.get(base)
+        versions = client.items(f"{base}/versions")
+    if as_json:
+        output.print_json({**dataset, "versions": versions})
+        return
+    output.fields([("dataset", dataset["name"]), ("description", dataset["description"])])
+    output.table(
+        versions,
+        [
+            ("VERSION", lambda v: v["number"]),
+            ("FILES", lambda v: v["file_count"]),
+            ("SIZE", lambda v: output.size(v["total_bytes"])),
+            ("CREATED", lambda v: output.when(v["created_at"])),
+        ],
+        empty="no versions",
+    )
+
+
+@datasets.command("upload")
+def datasets_upload(
+    name: str,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One zip or folder: the new version is exactly its files. Other files: the new "
+            "version is the previous one with these added or replaced.",
+            exists=True,
+        ),
+    ],
+    sub_folder: Annotated[str | None, typer.Option("--path", help="The sub-folder they go to.")] = None,
+    project_name: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload the dataset's next version, creating the dataset on its first upload."""
+    route = f"{_base(project_name, 'datasets')}/{segment(name)}/versions"
+    data = {"path": sub_folder} if sub_folder else {}
+    whole = len(paths) == 1 and (paths[0].is_dir() or zipfile.is_zipfile(paths[0]))
+    with api() as client:
+        if whole:
+            with upload.zipped(paths[0]) as file:
+                made = upload.send_files(
+                    client, route, [("file", file, paths[0].name)], data=data, quiet=as_json
+                )
+        else:
+            parts = [("files", path, path.name) for path in paths]
+            made = upload.send_files(client, route, parts, data=data, quiet=as_json)
+    if as_json:
+        output.print_json(made)
+    else:
+        output.out.print(
+            output.text(f"Uploaded {made['dataset']} version {made['number']} ({made['file_count']} files).")
+        )
+
+
+# --- models
+
+
+@models.command("list")
+def models_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+    """Versions that training runs made, with their metrics."""
+    with api() as client:
+        rows = client.items(_base(project_name, "models"), limit=limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    _versions_table(rows, "no trained models yet: start a process")
+
+
+@models.command("show")
+def models_show(
+    package: str, version: str, project_name: ProjectOpt = None, as_json: JsonOpt = False
+) -> None:
+    """One trained version: where it came from and its final metrics."""
+    with api() as client:
+        found = client.get(
+            f"{_base(project_name, 'packages')}/{segment(package)}/versions/{segment(version)}"
+        )
+    if as_json:
+        output.print_json(found)
+    else:
+        output.fields(_version_fields(found))

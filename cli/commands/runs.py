@@ -1,0 +1,132 @@
+"""`trainyard runs` and `trainyard logs`: a process's executions, followed live, and their output."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from cli import output
+from cli.client import segment
+from cli.follow import follow, wait_seconds
+from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
+from shared.enums import ENDED_RUN_STATUSES
+
+runs = typer.Typer(help="Runs: one execution of a process each, with status, progress, metrics and logs.")
+
+RunArg = Annotated[str, typer.Argument(help="The run's id.")]
+LOG_PAGE = 1000
+
+
+def _progress(r: dict[str, Any]) -> str:
+    return "-" if r.get("progress") is None else f"{r['progress'] * 100:.0f}%"
+
+
+def _fields(r: dict[str, Any]) -> list[tuple[str, object]]:
+    return [
+        ("id", r["id"]),
+        ("number", r["number"]),
+        ("process", r["process_id"]),
+        ("machine", r["machine"] + (" (agent offline)" if r["agent_offline"] else "")),
+        ("status", output.status_text(r["status"])),
+        ("reason", r["reason_code"] or "-"),
+        ("stage", r["stage"] or "-"),
+        ("progress", _progress(r)),
+        ("elapsed", output.duration(r["elapsed_seconds"])),
+        ("eta", output.duration(r["eta_seconds"])),
+        ("created", output.when(r["created_at"])),
+        ("ended", output.when(r["ended_at"]) or "-"),
+        ("detail", r["detail"].strip().splitlines()[-1] if r["detail"].strip() else "-"),
+    ]
+
+
+@runs.command("list")
+def runs_list(
+    process: Annotated[str | None, typer.Option("--process", help="Only this process's runs.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only those in this status.")] = None,
+    project_name: ProjectOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The project's runs (or one process's)."""
+    base = f"/projects/{segment(project(project_name))}"
+    path = f"{base}/processes/{segment(process)}/runs" if process else f"{base}/runs"
+    with api() as client:
+        rows = client.items(path, {"status": status} if status else None, limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    output.table(
+        rows,
+        [
+            ("ID", lambda r: r["id"]),
+            ("#", lambda r: r["number"]),
+            ("MACHINE", lambda r: r["machine"]),
+            ("STATUS", lambda r: output.status_text(r["status"])),
+            ("STAGE", lambda r: r["stage"] or "-"),
+            ("PROGRESS", _progress),
+            ("ELAPSED", lambda r: output.duration(r["elapsed_seconds"])),
+            ("CREATED", lambda r: output.when(r["created_at"])),
+        ],
+        empty="no runs yet: `trainyard processes start ID`",
+    )
+
+
+@runs.command("show")
+def runs_show(run_id: RunArg, project_name: ProjectOpt = None, as_json: JsonOpt = False) -> None:
+    """One run: status, reason, stage, progress, elapsed and ETA."""
+    with api() as client:
+        found = client.get(f"/projects/{segment(project(project_name))}/runs/{segment(run_id)}")
+    if as_json:
+        output.print_json(found)
+    else:
+        output.fields(_fields(found))
+
+
+@runs.command("follow")
+def runs_follow(run_id: RunArg, project_name: ProjectOpt = None, as_json: JsonOpt = False) -> None:
+    """Follow a run live until it ends: status, stage, progress with elapsed and ETA, the latest
+    learning rate, loss and accuracy. Exit 0 succeeded, 1 failed, 2 stopped. With --json, each new
+    state of the run as one JSON line."""
+    with api() as client:
+        code = follow(client, project(project_name), run_id, as_json=as_json)
+    raise typer.Exit(code)
+
+
+def logs(
+    run_id: RunArg,
+    follow_lines: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ended.")
+    ] = False,
+    grep: Annotated[
+        str | None, typer.Option("--grep", help="Only lines holding this text (any case).")
+    ] = None,
+    stream: Annotated[
+        Literal["stdout", "stderr"] | None, typer.Option("--stream", help="Only this stream.")
+    ] = None,
+    project_name: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A run's log lines, oldest first (each line as JSON with --json)."""
+    path = f"/projects/{segment(project(project_name))}/runs/{segment(run_id)}/logs"
+    params: dict[str, Any] = {"limit": LOG_PAGE}
+    if grep:
+        params["q"] = grep
+    if stream:
+        params["stream"] = stream
+    offset = 0
+    with api() as client:
+        while True:
+            held = wait_seconds() if follow_lines else 0
+            page = client.get(path, {**params, "offset": offset, "follow": held}, timeout=held + 30.0)
+            for line in page["lines"]:
+                if as_json:
+                    output.print_json_line(line)
+                else:
+                    output.write_line(line["text"])
+            offset = page["next_offset"]
+            more = len(page["lines"]) == LOG_PAGE
+            if more:
+                continue
+            if not follow_lines or page["status"] in ENDED_RUN_STATUSES:
+                break
