@@ -114,10 +114,11 @@ class Notifier:
 
     @property
     def waiting(self) -> int:
-        return sum(len(waiters) for waiters in self._waiters.values())
+        """Requests held waiting (one listening on several keys counts once)."""
+        return len({waiter for waiters in self._waiters.values() for waiter in waiters})
 
     @contextmanager
-    def listen(self, machine_id: uuid.UUID, since: int | None = None) -> Iterator[Wakeup]:
+    def listen(self, *keys: uuid.UUID, since: int | None = None) -> Iterator[Wakeup]:
         """An event set when something for `machine_id` commits. Listen first, then look, then wait: a
         command committed between the look and the wait still wakes the waiter. Or `mark()` first, then
         look, then listen `since` that mark: the waiter starts woken if the machine was woken after it.
@@ -126,18 +127,22 @@ class Notifier:
         notification arrives, later still). So a command the look did not see committed after the
         look began, after the mark, and its wake comes after the mark too: before the listen, it is
         remembered and the waiter starts woken; after it, it wakes the waiter. A wake after the mark
-        for a command the look did see only makes for an early second pass, which finds nothing."""
+        for a command the look did see only makes for an early second pass, which finds nothing.
+
+        Several `keys` (a process and its latest run, say): a wake of any of them wakes the waiter."""
         waiter = Wakeup()
-        if since is not None and self.woken_since(machine_id, since):
+        if since is not None and any(self.woken_since(key, since) for key in keys):
             waiter.set()
-        self._waiters[machine_id].add(waiter)
+        for key in keys:
+            self._waiters[key].add(waiter)
         try:
             yield waiter
         finally:
-            waiters = self._waiters[machine_id]
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[machine_id]
+            for key in keys:
+                waiters = self._waiters[key]
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
 
 
 class PgNotifier(Notifier):
@@ -217,6 +222,15 @@ class PgNotifier(Notifier):
                 logger.warning("LISTEN %s lost (%s); reconnecting in %.1f s", self.channel, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.RETRY_MAX_SECONDS)
+
+
+def changed_after_commit(session: AsyncSession | Session, *keys: uuid.UUID) -> None:
+    """Wake, once `session` commits, whoever waits on any of `keys` (a run's, a process's, a
+    project's id: ids never collide, so one hub carries every kind). Nothing when the session has no
+    notifier (a script's own session) or rolls back. The notifier is the one the session was made
+    with (`session_info`), so a domain needs no handle on it to say that something changed."""
+    if session.info.get(_NOTIFIER) is not None:
+        session.info.setdefault(_PENDING, set()).update(keys)
 
 
 @event.listens_for(Session, "before_commit")

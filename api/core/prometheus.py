@@ -35,7 +35,10 @@ MACHINES_ONLINE = Gauge(
 POINTS = Counter("trainyard_metric_points_ingested_total", "Metric points stored")
 LOG_LINES = Counter("trainyard_log_lines_ingested_total", "Log lines stored")
 BATCHES = Counter("trainyard_telemetry_batches_total", "Telemetry batches stored")
-WAITING = Gauge("trainyard_long_polls_waiting", "Requests held waiting: agent command polls and log follows")
+WAITING = Gauge(
+    "trainyard_long_polls_waiting",
+    "Requests held waiting: agent command polls, log follows, waits for a change",
+)
 FOLLOWERS = Gauge("trainyard_log_follows_waiting", "Log follow requests held waiting")
 LAG = Histogram(
     "trainyard_telemetry_lag_seconds",

@@ -1,3 +1,4 @@
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -7,6 +8,7 @@ from api.core.deps import NotifierDep
 from api.core.errors import error_responses
 from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
+from api.core.watch import WATCH_RESPONSES, IfNoneMatch, WaitQuery, answer_when_changed
 from api.processes import service
 from api.processes.deps import ProcessTarget, process_for
 from api.processes.schemas import ProcessCreate, ProcessEventRead, ProcessRead
@@ -64,9 +66,36 @@ async def list_processes(
     return await service.list_processes(session, await get_project(session, project), page, status_)
 
 
-@router.get("/processes/{process_id}", operation_id="processes_get")
-async def get_process(target: Viewed, session: SessionDep) -> ProcessRead:
-    return await service.process_read(session, target.loaded.process)
+# What a watcher of a process does not wait for: the clock moves it on every read.
+PROCESS_VOLATILE = {"latest_run": {"elapsed_seconds"}}
+
+
+@router.get(
+    "/processes/{process_id}",
+    operation_id="processes_get",
+    response_model=ProcessRead,
+    responses=WATCH_RESPONSES,
+)
+async def get_process(
+    target: Viewed,
+    response: Response,
+    session: SessionDep,
+    notifier: NotifierDep,
+    wait: WaitQuery = 0,
+    if_none_match: IfNoneMatch = None,
+) -> ProcessRead | Response:
+    """The process, with an `ETag` of its state and its latest run's status, stage, progress and ETA.
+    With `If-None-Match` naming it, 304; with `wait=S` too, held until it changes (200 with the new
+    `ETag`; a new run, a disable, a deletion: 404) or S seconds pass."""
+    process_id = target.loaded.process.id
+
+    async def read() -> tuple[ProcessRead, list[uuid.UUID]]:
+        process = await service.reread_process(session, process_id)
+        answer = await service.process_read(session, process)
+        latest = answer.latest_run
+        return answer, [process.id] if latest is None else [process.id, latest.id]
+
+    return await answer_when_changed(if_none_match, response, session, notifier, wait, read, PROCESS_VOLATILE)
 
 
 @router.post(

@@ -12,7 +12,7 @@ from sqlalchemy import Select, and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict, NotFound
-from api.core.notify import Notifier
+from api.core.notify import Notifier, changed_after_commit
 from api.core.repository import get_by_name
 from api.core.schemas import Page, PageParams, paged
 from api.models import Machine, Process, ProcessEvent, Project, Run, Template
@@ -48,6 +48,14 @@ async def get_process(session: AsyncSession, project: Project, process_id: uuid.
     )
     if process is None:
         raise NotFound(f"no process {process_id} in project {project.name!r}", code="process_not_found")
+    return process
+
+
+async def reread_process(session: AsyncSession, process_id: uuid.UUID) -> Process:
+    """The process as it has committed since this session read it (404 once it is deleted)."""
+    process = await session.get(Process, process_id, populate_existing=True)
+    if process is None:
+        raise NotFound(f"no process {process_id}: it was deleted", code="process_not_found")
     return process
 
 
@@ -104,6 +112,7 @@ async def create_process(
     record_event(
         session,
         process.id,
+        project.id,
         actor,
         "process_created",
         detail=f"template {template.name}, machine {machine.name}",
@@ -176,7 +185,7 @@ async def restart_process(session: AsyncSession, notifier: Notifier, process: Pr
         await session.refresh(process)
         await start_run(session, notifier, process, actor)
         return True
-    record_event(session, process.id, actor, "restart_requested", run_id=run.id)
+    record_event(session, process.id, process.project_id, actor, "restart_requested", run_id=run.id)
     await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP)
     await session.refresh(process)
     return process.active_run_id != run.id  # stopped at once: the new run started already
@@ -198,7 +207,13 @@ async def set_enabled(session: AsyncSession, process: Process, enabled: bool, ac
     if result.rowcount == 0:  # type: ignore[attr-defined]
         await _refuse_change(session, process)
     if process.enabled != enabled:
-        record_event(session, process.id, actor, "process_enabled" if enabled else "process_disabled")
+        record_event(
+            session,
+            process.id,
+            process.project_id,
+            actor,
+            "process_enabled" if enabled else "process_disabled",
+        )
     await session.refresh(process)
 
 
@@ -215,6 +230,7 @@ async def delete_process(session: AsyncSession, process: Process) -> None:
         .values(process_count=Machine.process_count - 1),
         execution_options={"synchronize_session": False},
     )
+    changed_after_commit(session, process.id, process.project_id)  # its history goes with it
     session.expunge(process)
 
 
@@ -263,7 +279,9 @@ async def process_read(session: AsyncSession, process: Process) -> ProcessRead:
     machine = await session.get(Machine, process.machine_id)
     assert project is not None and template is not None and machine is not None
     latest = await session.scalar(
-        select(Run).where(Run.process_id == process.id, Run.number == process.run_count)
+        select(Run)
+        .where(Run.process_id == process.id, Run.number == process.run_count)
+        .execution_options(populate_existing=True)  # as committed, also for a session that read it before
     )
     return build_process_read(process, project.name, template.name, machine.name, latest)
 

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict, InvalidInput, NotFound
-from api.core.notify import Notifier
+from api.core.notify import Notifier, changed_after_commit
 from api.models import AgentCommand, Machine, Process, ProcessEvent, Project, Run, Template
 from api.models.base import new_id, utcnow
 from api.templates import references
@@ -68,6 +68,7 @@ SYSTEM = Actor(ActorKind.SYSTEM, None, "trainyard")
 def record_event(
     session: AsyncSession,
     process_id: uuid.UUID,
+    project_id: uuid.UUID,
     actor: Actor,
     kind: str,
     *,
@@ -77,6 +78,9 @@ def record_event(
     reason_code: str | None = None,
     detail: str = "",
 ) -> None:
+    """The process's history gains `kind`; whoever waits on the process, its project or the run hears
+    of it once this commits (`wait=` on the GET routes, the console's live pages)."""
+    changed_after_commit(session, process_id, project_id, *(() if run_id is None else (run_id,)))
     session.add(
         ProcessEvent(
             process_id=process_id,
@@ -127,6 +131,7 @@ async def transition(
             record_event(
                 session,
                 run.process_id,
+                run.project_id,
                 actor,
                 "run_status",
                 run_id=run.id,
@@ -249,7 +254,15 @@ async def start_run(
         else inputs.test_dataset_version.id,
     }
     run = (await session.scalars(_INSERT_RUN, [run_row])).one()
-    record_event(session, process.id, actor, "run_status", run_id=run.id, to_status=RunStatus.STARTING.value)
+    record_event(
+        session,
+        process.id,
+        process.project_id,
+        actor,
+        "run_status",
+        run_id=run.id,
+        to_status=RunStatus.STARTING.value,
+    )
     await _queue_command(session, notifier, run, CommandKind.START_RUN, {"start": start})
     return run
 
@@ -361,7 +374,15 @@ async def end_run(
                 update(Process).where(Process.id == process.id).values(restart_requested=False),
                 execution_options={"synchronize_session": False},
             )
-            record_event(session, process.id, actor, "restart_failed", run_id=run.id, detail=refused.detail)
+            record_event(
+                session,
+                process.id,
+                process.project_id,
+                actor,
+                "restart_failed",
+                run_id=run.id,
+                detail=refused.detail,
+            )
     return True
 
 

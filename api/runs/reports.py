@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.core.notify import Notifier
+from api.core.notify import Notifier, changed_after_commit
 from api.models import Machine, Run
 from api.models.base import utcnow
 from api.runs import outputs
@@ -74,6 +74,7 @@ async def _set(session: AsyncSession, run: Run, **values: object) -> None:
         .values(**values),
         execution_options={"synchronize_session": False},
     )
+    changed_after_commit(session, run.id, run.process_id, run.project_id)  # its stage, its progress
     await session.refresh(run)
 
 

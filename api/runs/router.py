@@ -1,13 +1,16 @@
 """A project's runs, for people: the list, one run, its status history."""
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api.core.db import SessionDep
+from api.core.deps import NotifierDep
 from api.core.errors import error_responses
 from api.core.schemas import Page, PageDep
 from api.core.security import Permission
+from api.core.watch import WATCH_RESPONSES, IfNoneMatch, WaitQuery, answer_when_changed
 from api.processes.deps import ProcessTarget, process_for
 from api.processes.schemas import ProcessEventRead
 from api.projects.deps import InProject, in_project
@@ -43,9 +46,33 @@ async def list_runs(
     return await service.list_runs(session, target.project, page, status_)
 
 
-@router.get("/runs/{run_id}", operation_id="runs_get")
-async def get_run(target: ViewedRun) -> RunRead:
-    return service.run_read(target.run, target.project.name, target.machine_name)
+# What a watcher of a run does not wait for: the clock moves it on every read.
+RUN_VOLATILE = {"elapsed_seconds"}
+
+
+@router.get(
+    "/runs/{run_id}",
+    operation_id="runs_get",
+    response_model=RunRead,
+    responses=WATCH_RESPONSES,
+)
+async def get_run(
+    target: ViewedRun,
+    response: Response,
+    session: SessionDep,
+    notifier: NotifierDep,
+    wait: WaitQuery = 0,
+    if_none_match: IfNoneMatch = None,
+) -> RunRead | Response:
+    """The run, with an `ETag` of its status, stage, progress and ETA. With `If-None-Match` naming it,
+    304; with `wait=S` too, held until one of them changes (200 with the new `ETag`) or S seconds pass."""
+    run = target.run
+
+    async def read() -> tuple[RunRead, list[uuid.UUID]]:
+        await session.refresh(run)
+        return service.run_read(run, target.project.name, target.machine_name), [run.id]
+
+    return await answer_when_changed(if_none_match, response, session, notifier, wait, read, RUN_VOLATILE)
 
 
 @router.get("/runs/{run_id}/events", operation_id="runs_events_list")

@@ -396,7 +396,8 @@ def _stored(outcome: _Outcome) -> bool:
 
 
 def _wakes(batch: Batch) -> bool:
-    return bool(len(batch.value) or len(batch.logs.text))
+    """Points, lines or progress: what a log follower or a waiter on the run (`wait=`) looks for."""
+    return bool(len(batch.value) or len(batch.logs.text) or batch.changes_progress)
 
 
 _stores: "weakref.WeakKeyDictionary[AsyncEngine, BatchStore]" = weakref.WeakKeyDictionary()

@@ -72,6 +72,58 @@ async def test_a_start_on_one_process_wakes_a_poll_held_by_another(
         assert "Traceback" not in server.output(), server.output()
 
 
+async def test_a_report_to_one_process_answers_a_run_waiter_held_by_another(
+    tmp_path: Path, scratch_postgres: str
+) -> None:
+    """`wait=` on a run (tests/api/test_wait.py) across replicas: the agent's report lands on A, the
+    person's held GET on B is answered by the NOTIFY that A's commit sends."""
+    settings = {"database_url": scratch_postgres, "secret_key": SECRET_KEY, "bootstrap_token": ADMIN_TOKEN}
+    migrated = trainyard_api(tmp_path, "migrate", **settings)
+    assert migrated.returncode == 0, migrated.stderr
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    with (
+        serving(a_dir, "--workers", "1", **settings) as server_a,
+        serving(b_dir, "--workers", "1", **settings) as server_b,
+    ):
+        async with (
+            http(f"{server_a.base_url}/api/v1", ADMIN_TOKEN) as admin,
+            http(f"{server_b.base_url}/api/v1", ADMIN_TOKEN) as watcher,
+        ):
+            ok(await admin.post("/model-types", json={"name": "classifier"}), 201)
+            machine = ok(await admin.post("/machines", json={"name": "gpu-01", "address": "10.0.3.17"}), 201)
+            ok(await admin.post("/projects", json={"name": "invoices"}), 201)
+            ok(
+                await admin.post(
+                    "/projects/invoices/templates", json={"name": "t", "model_type": "classifier"}
+                ),
+                201,
+            )
+            process = ok(
+                await admin.post("/projects/invoices/templates/t/processes", json={"machine": "gpu-01"}), 201
+            )
+            run = ok(await admin.post(f"/projects/invoices/processes/{process['id']}/start"), 201)[
+                "latest_run"
+            ]
+            path = f"/projects/invoices/runs/{run['id']}"
+            etag = (await watcher.get(path)).headers["ETag"]
+            waiter = asyncio.create_task(
+                watcher.get(path, params={"wait": POLL_WAIT_SECONDS}, headers={"If-None-Match": etag})
+            )
+            await asyncio.sleep(START_DELAY_SECONDS)
+            assert not waiter.done(), "the waiter answered before anything changed"
+            async with http(f"{server_a.base_url}/api/v1/agent", machine["agent_token"]) as agent:
+                for command in ok(await agent.get("/commands")):
+                    ok(await agent.post(f"/commands/{command['id']}/ack"))
+                ok(await agent.post(f"/runs/{run['id']}/events", json={"type": "launched"}))
+            woken = await waiter
+        assert woken.status_code == 200 and woken.json()["status"] == "running"
+        assert woken.headers["ETag"] != etag
+    for server in (server_a, server_b):
+        assert "Traceback" not in server.output(), server.output()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(RECONNECT_TIMEOUT_SECONDS):
         while True:
