@@ -25,6 +25,7 @@ from api.core.blobs import LocalBlobStore
 from api.core.config import Settings
 from api.core.db import create_engine, create_sessionmaker, pg_conninfo
 from api.core.errors import install_error_handlers
+from api.core.idempotency import install_idempotency
 from api.core.limits import BodySizeLimit
 from api.core.migrate import head_revisions, schema_problem
 from api.core.notify import Notifier, PgNotifier
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    install_idempotency(app)  # Idempotency-Key on every POST a signed-in user makes
     app.include_router(health_router)
     app.include_router(prometheus_router)
     install_console(app)

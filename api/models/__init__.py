@@ -5,6 +5,7 @@ from api.models.base import Base
 from api.models.catalog import ModelType, Project
 from api.models.command import AgentCommand
 from api.models.dataset import Dataset, DatasetFile, DatasetVersion
+from api.models.idempotency import IdempotencyKey
 from api.models.machine import Machine
 from api.models.output import RunOutput
 from api.models.package import Blob, Package, PackageLine, PackageVersion
@@ -21,6 +22,7 @@ __all__ = [
     "Dataset",
     "DatasetFile",
     "DatasetVersion",
+    "IdempotencyKey",
     "LoginFailures",
     "Machine",
     "MetricPoint",

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.access.service import forget_ended_login_failures
 from api.core.config import Settings
+from api.core.idempotency import forget_expired_keys
 from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
@@ -100,6 +101,7 @@ class Sweeper:
                 execution_options={"synchronize_session": False},
             )
             await forget_ended_login_failures(session, now)
+            await forget_expired_keys(session, now)
             await session.commit()
 
     async def _ids(self, statement: Select[uuid.UUID]) -> Sequence[uuid.UUID]:
