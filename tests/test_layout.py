@@ -135,3 +135,15 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
         "api/core/db.py:1 imports api.projects: api/core/ imports of api only api.core and api.models,"
         " never a domain",
     ]
+
+
+def test_the_command_line_client_talks_http_only() -> None:
+    """`cli/` (the `trainyard` command) reaches the API over HTTP: of ours it imports only itself and
+    `shared`, never `api` or `agent`, so it installs and runs where neither does."""
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{line} imports {module}"
+        for path in sorted((ROOT / "cli").rglob("*.py"))
+        for line, module in imports(path, ROOT)
+        if _top(module) in {"api", "agent"}
+    ]
+    assert (ROOT / "cli").is_dir() and found == []
