@@ -4,15 +4,14 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy import select
 
-from api.access import service
+from api.access import reads, service
 from api.access.schemas import AuditEventRead, MemberRead, MemberSet
 from api.core.db import SessionDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
-from api.models import AuditEvent, Project, ProjectMember, Role, User
+from api.projects.deps import InProject, checked_project, in_project
 
 router = APIRouter(
     prefix="/projects/{project}/members", tags=["users"], responses=error_responses(401, 403, 404)
@@ -31,28 +30,9 @@ def _project_id(request: Request) -> uuid.UUID:
 
 @router.get("", operation_id="members_list")
 async def list_members(
-    project: str, request: Request, session: SessionDep, _: Viewer, page: PageDep
+    target: Annotated[InProject, in_project(Permission.PROJECTS_VIEW)], session: SessionDep, page: PageDep
 ) -> Page[MemberRead]:
-    statement = (
-        select(ProjectMember, User, Role)
-        .join(User, User.id == ProjectMember.user_id)
-        .join(Role, Role.id == ProjectMember.role_id)
-        .where(ProjectMember.project_id == _project_id(request))
-    )
-    found = await session.get_one(Project, _project_id(request))
-    rows, cursor = await fetch_page(session, statement, ProjectMember.id, page)
-    return Page(items=[_member_read(found.name, m, u, r) for m, u, r in rows], next_cursor=cursor)
-
-
-def _member_read(project: str, member: ProjectMember, user: User, role: Role) -> MemberRead:
-    return MemberRead(
-        project=project,
-        user=user.name,
-        display_name=user.display_name,
-        role=role.name,
-        permissions=role.permissions,
-        created_at=member.created_at,
-    )
+    return await reads.list_members(session, target.project, page)
 
 
 @router.put("/{user}", operation_id="members_set", responses=error_responses(422))
@@ -61,11 +41,13 @@ async def set_member(
 ) -> MemberRead:
     """Give `user` a role in the project, or change it. You grant only a role whose every permission you
     hold here, and change only a member whose role you could grant (403 `role_not_grantable`)."""
+    # No `in_project`: the document would list `user` before `project`, and the project would be read
+    # before the body is validated (a 404 where a bad body answers 422).
     member, found_user, role = await service.set_member(
         session, principal, _project_id(request), user, data.role
     )
-    found = await session.get_one(Project, _project_id(request))
-    return _member_read(found.name, member, found_user, role)
+    found = await checked_project(session, request, project)
+    return reads.member_read(found.name, member, found_user, role)
 
 
 @router.delete("/{user}", operation_id="members_delete", status_code=status.HTTP_204_NO_CONTENT)
@@ -85,11 +67,4 @@ async def list_audit_events(
 ) -> Page[AuditEventRead]:
     """Every change made through the API, oldest first: who (and with which token), what, where, when.
     An administrator sees all of it; others the projects where they hold `audit.view`."""
-    statement = select(AuditEvent)
-    if not principal.is_admin:
-        allowed = [p for p in principal.memberships if principal.can(Permission.AUDIT_VIEW, p)]
-        statement = statement.where(AuditEvent.project_id.in_(allowed))
-    if user is not None:
-        statement = statement.where(AuditEvent.actor_name == user)
-    rows, cursor = await fetch_page(session, statement, AuditEvent.id, page)
-    return Page(items=[AuditEventRead.model_validate(row[0]) for row in rows], next_cursor=cursor)
+    return await reads.list_audit_events(session, principal, page, user)

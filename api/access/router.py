@@ -3,10 +3,10 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import select
 
-from api.access import service
+from api.access import reads, service
 from api.access.catalogue import DESCRIPTIONS, GLOBAL_PERMISSIONS, TOKEN_PERMISSIONS
+from api.access.reads import user_read
 from api.access.schemas import (
     PermissionRead,
     RoleCreate,
@@ -18,27 +18,14 @@ from api.access.schemas import (
 )
 from api.core.db import SessionDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import CurrentUser, Permission, Principal, requires
-from api.models import Role, User
 
 users_router = APIRouter(prefix="/users", tags=["users"], responses=error_responses(401, 403))
 roles_router = APIRouter(tags=["roles"], responses=error_responses(401, 403))
 
 Viewer = Annotated[Principal, requires(Permission.USERS_VIEW)]
 Admin = Annotated[Principal, requires(Permission.USERS_ADMIN)]
-
-
-def user_read(user: User) -> UserRead:
-    return UserRead(
-        id=user.id,
-        name=user.name,
-        display_name=user.display_name,
-        is_admin=user.is_admin,
-        enabled=user.enabled,
-        has_password=user.password_hash is not None,
-        created_at=user.created_at,
-    )
 
 
 @users_router.post(
@@ -51,8 +38,7 @@ async def create_user(data: UserCreate, session: SessionDep, principal: Admin) -
 
 @users_router.get("", operation_id="users_list")
 async def list_users(session: SessionDep, _: Viewer, page: PageDep) -> Page[UserRead]:
-    rows, cursor = await fetch_page(session, select(User), User.id, page)
-    return Page(items=[user_read(row[0]) for row in rows], next_cursor=cursor)
+    return await reads.list_users(session, page)
 
 
 @users_router.get("/{user}", operation_id="users_get", responses=error_responses(404))
@@ -105,8 +91,7 @@ async def create_role(data: RoleCreate, session: SessionDep, _: Admin) -> RoleRe
 
 @roles_router.get("/roles", operation_id="roles_list")
 async def list_roles(session: SessionDep, _: Viewer, page: PageDep) -> Page[RoleRead]:
-    rows, cursor = await fetch_page(session, select(Role), Role.id, page)
-    return Page(items=[RoleRead.model_validate(row[0]) for row in rows], next_cursor=cursor)
+    return await reads.list_roles(session, page)
 
 
 @roles_router.get("/roles/{role}", operation_id="roles_get", responses=error_responses(404))

@@ -6,19 +6,16 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
-from sqlalchemy import select
 
 from api.access import login as access_login
-from api.access import service
-from api.access.catalogue import sorted_values
+from api.access import reads, service
 from api.access.login_gate import LoginGateDep
-from api.access.router import user_read
+from api.access.reads import token_read, user_read
 from api.access.schemas import (
     LoginReply,
     LoginRequest,
     MeRead,
     PasswordChange,
-    ProjectRole,
     TokenCreate,
     TokenRead,
     TokenWithSecret,
@@ -26,27 +23,13 @@ from api.access.schemas import (
 from api.core.db import SessionDep
 from api.core.deps import TokenKeyDep
 from api.core.errors import error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import CurrentUser, OwnTokensManager, Permission, Principal, requires, user_principal
-from api.models import ApiToken, Project, ProjectMember, Role, User
+from api.models import User
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 tokens_router = APIRouter(tags=["tokens"], responses=error_responses(401, 403))
 _SELF = "Any signed-in user, for themselves."
-
-
-def token_read(token: ApiToken, owner: str) -> TokenRead:
-    return TokenRead(
-        id=token.id,
-        user=owner,
-        name=token.name,
-        kind="login" if token.kind == "login" else "api",
-        permissions=token.permissions,
-        created_at=token.created_at,
-        expires_at=token.expires_at,
-        last_used_at=token.last_used_at,
-        revoked_at=token.revoked_at,
-    )
 
 
 @auth_router.post("/login", operation_id="auth_login", responses=error_responses(401, 422, 429))
@@ -80,27 +63,7 @@ async def logout(session: SessionDep, principal: CurrentUser) -> Response:
 @auth_router.get("/me", operation_id="auth_me", responses=error_responses(401, 403))
 async def me(session: SessionDep, principal: CurrentUser) -> MeRead:
     """Who the token belongs to, what it may do, and the role held in each project. Any signed-in user."""
-    user = await session.get_one(User, principal.id)
-    token = None if principal.token_id is None else await session.get(ApiToken, principal.token_id)
-    rows = await session.execute(
-        select(Project.name, Role.name, Project.id)
-        .join(ProjectMember, ProjectMember.project_id == Project.id)
-        .join(Role, Role.id == ProjectMember.role_id)
-        .where(ProjectMember.user_id == user.id)
-        .order_by(Project.name)
-    )
-    projects = [
-        ProjectRole(
-            project=project, role=role, permissions=sorted_values(principal.permissions_in(project_id))
-        )
-        for project, role, project_id in rows
-    ]
-    return MeRead(
-        user=user_read(user),
-        token=None if token is None else token_read(token, user.name),
-        permissions=sorted_values(principal.permissions_in()),
-        projects=projects,
-    )
+    return await reads.me(session, principal)
 
 
 @auth_router.post(
@@ -124,12 +87,6 @@ async def _create(
     return TokenWithSecret(**token_read(row, owner.name).model_dump(), token=token)
 
 
-async def _list(session: SessionDep, owner: User, page: PageDep) -> Page[TokenRead]:
-    statement = select(ApiToken).where(ApiToken.user_id == owner.id)
-    rows, cursor = await fetch_page(session, statement, ApiToken.id, page)
-    return Page(items=[token_read(row[0], owner.name) for row in rows], next_cursor=cursor)
-
-
 @tokens_router.post(
     "/tokens",
     operation_id="tokens_create",
@@ -143,14 +100,14 @@ async def create_own_token(
     beyond the expiry nor the narrowing of the token that makes it (a later `expires_at` is capped at
     its expiry). The answer holds the token, shown this once. Any signed-in user, for themselves; a
     narrowed token only if it names `tokens.manage`."""
-    return await _create(session, key, await session.get_one(User, principal.id), data, principal)
+    return await _create(session, key, await reads.own_user(session, principal), data, principal)
 
 
 @tokens_router.get("/tokens", operation_id="tokens_list")
 async def list_own_tokens(session: SessionDep, principal: OwnTokensManager, page: PageDep) -> Page[TokenRead]:
     """Your tokens, revoked and expired ones too. Any signed-in user, for themselves; a narrowed token
     only if it names `tokens.manage`."""
-    return await _list(session, await session.get_one(User, principal.id), page)
+    return await reads.list_tokens(session, await reads.own_user(session, principal), page)
 
 
 @tokens_router.get("/tokens/{token_id}", operation_id="tokens_get", responses=error_responses(404))
@@ -193,7 +150,7 @@ async def create_user_token(
 async def list_user_tokens(
     user: str, session: SessionDep, _: Annotated[Principal, requires(Permission.USERS_VIEW)], page: PageDep
 ) -> Page[TokenRead]:
-    return await _list(session, await service.get_user(session, user), page)
+    return await reads.list_tokens(session, await service.get_user(session, user), page)
 
 
 @tokens_router.delete(

@@ -8,25 +8,24 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.agent_routes import inputs
 from api.core.blobs import check_sha256
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import blob_response
-from api.core.errors import Conflict, InvalidInput, NotFound, error_responses
+from api.core.errors import Conflict, InvalidInput, error_responses
 from api.core.repository import record_blobs
 from api.core.security import CurrentAgent
 from api.core.uploads import receive_body
-from api.datasets import service as datasets
-from api.models import Dataset, DatasetFile, DatasetVersion, PackageVersion, Run
+from api.models import Run
 from api.packages.service import check_package
 from api.runs import outputs
 from api.runs.service import machine_run
 from shared.enums import RunStatus
 from shared.names import InvalidName, normalize_relative_path
-from shared.protocol import DatasetManifest, ManifestFile, OutputReply, SnapshotUpload
+from shared.protocol import DatasetManifest, OutputReply, SnapshotUpload
 
 router = APIRouter(prefix="/agent/runs/{run_id}", tags=["agent"], responses=error_responses(401, 403, 404))
 _RECEIVING = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
@@ -52,12 +51,7 @@ async def _receiving(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UU
 async def download_package(
     run_id: uuid.UUID, request: Request, session: SessionDep, blobs: BlobsDep, agent: CurrentAgent
 ) -> Response:
-    run = await _run(session, agent, run_id)
-    version = (
-        None if run.package_version_id is None else await session.get(PackageVersion, run.package_version_id)
-    )
-    if version is None:
-        raise NotFound("the run has no package", code="package_not_found")
+    version = await inputs.package_version(session, await _run(session, agent, run_id))
     return await blob_response(
         blobs,
         version.blob_sha256,
@@ -68,28 +62,11 @@ async def download_package(
     )
 
 
-async def _manifest(
-    session: AsyncSession, run: Run, version_id: uuid.UUID | None, path: str | None
-) -> DatasetManifest:
-    version = None if version_id is None else await session.get(DatasetVersion, version_id)
-    if version is None:
-        raise NotFound("the run has no such dataset", code="dataset_not_found")
-    dataset = await session.get_one(Dataset, version.dataset_id)
-    files = await datasets.manifest(session, version, path)
-    return DatasetManifest(
-        dataset=dataset.name,
-        version=version.number,
-        path=path,
-        content_hash=version.content_hash,
-        files=[ManifestFile(path=name, sha256=sha, size=size) for name, sha, size in files],
-    )
-
-
 @router.get("/dataset", operation_id="agent_runs_dataset_manifest")
 async def dataset_manifest(run_id: uuid.UUID, session: SessionDep, agent: CurrentAgent) -> DatasetManifest:
     """The training data: (path, sha256, size) per file, paths relative to the template's sub-folder."""
     run = await _run(session, agent, run_id)
-    return await _manifest(session, run, run.dataset_version_id, run.config.get("dataset_path"))
+    return await inputs.manifest(session, run.dataset_version_id, run.config.get("dataset_path"))
 
 
 @router.get("/test-dataset", operation_id="agent_runs_test_dataset_manifest")
@@ -97,7 +74,7 @@ async def test_dataset_manifest(
     run_id: uuid.UUID, session: SessionDep, agent: CurrentAgent
 ) -> DatasetManifest:
     run = await _run(session, agent, run_id)
-    return await _manifest(session, run, run.test_dataset_version_id, run.config.get("test_dataset_path"))
+    return await inputs.manifest(session, run.test_dataset_version_id, run.config.get("test_dataset_path"))
 
 
 @router.get(
@@ -115,25 +92,11 @@ async def download_blob(
 ) -> Response:
     """One file of the run's inputs, by its hash (the agent's cache fetches only what it lacks)."""
     check_sha256(sha256)
-    run = await _run(session, agent, run_id)
-    versions = [v for v in (run.dataset_version_id, run.test_dataset_version_id) if v is not None]
-    in_inputs = await session.scalar(
-        select(DatasetFile.size)
-        .where(DatasetFile.sha256 == sha256, DatasetFile.version_id.in_(versions))
-        .limit(1)
-    )
-    if in_inputs is None and run.package_version_id is not None:
-        in_inputs = await session.scalar(
-            select(PackageVersion.size).where(
-                PackageVersion.id == run.package_version_id, PackageVersion.blob_sha256 == sha256
-            )
-        )
-    if in_inputs is None:
-        raise NotFound(f"blob {sha256} is not one of this run's inputs", code="blob_not_found")
+    size = await inputs.input_size(session, await _run(session, agent, run_id), sha256)
     return await blob_response(
         blobs,
         sha256,
-        int(in_inputs),
+        size,
         "application/octet-stream",
         request.headers.get("if-none-match"),
         filename=sha256,

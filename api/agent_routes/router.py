@@ -5,17 +5,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.agent_routes import service
 from api.agent_routes.hold import HOLD_KEY, PollHold
 from api.agent_routes.poll import PollingAgentDep
 from api.core.db import SessionDep
 from api.core.deps import NotifierDep
-from api.core.errors import NotFound, error_responses
+from api.core.errors import error_responses
 from api.core.notify import Notifier
 from api.core.security import CurrentAgent
-from api.models import Machine
 from api.runs import reports
 from api.runs import service as runs
 from shared.protocol import (
@@ -31,17 +29,10 @@ from shared.protocol import (
 router = APIRouter(prefix="/agent", tags=["agent"], responses=error_responses(401, 403))
 
 
-async def _machine(session: AsyncSession, agent: CurrentAgent) -> Machine:
-    machine = await session.get(Machine, agent.machine_id)
-    if machine is None:  # deleted while its agent still runs
-        raise NotFound("this machine is no longer registered", code="machine_not_found")
-    return machine
-
-
 @router.post("/hello", operation_id="agent_hello", responses=error_responses(422))
 async def hello(data: Hello, session: SessionDep, notifier: NotifierDep, agent: CurrentAgent) -> HelloReply:
     """On start and reconnect: the agent's version, GPUs and runs in hand; the API reconciles."""
-    machine = await _machine(session, agent)
+    machine = await service.agent_machine(session, agent.machine_id)
     stop_runs = await service.hello(session, notifier, machine, data)
     return HelloReply(machine=machine.name, stop_runs=stop_runs)
 
@@ -88,6 +79,6 @@ async def report_run_event(
     agent: CurrentAgent,
 ) -> RunEventReply:
     """A fact about a run: `launched`, `stage`, `exited`, `finished` (the commit point)."""
-    machine = await _machine(session, agent)
+    machine = await service.agent_machine(session, agent.machine_id)
     run = await runs.machine_run(session, machine.id, run_id)
     return await reports.report_event(session, notifier, machine, run, event)

@@ -50,6 +50,14 @@ def seen_parameters(machine_id: uuid.UUID) -> dict[str, object]:
     return {"machine": machine_id, "seen_before": now - SEEN_RESOLUTION, "now": now}
 
 
+async def agent_machine(session: AsyncSession, machine_id: uuid.UUID) -> Machine:
+    """The caller's machine; 404 `machine_not_found` once it was deleted while its agent still runs."""
+    machine = await session.get(Machine, machine_id)
+    if machine is None:
+        raise NotFound("this machine is no longer registered", code="machine_not_found")
+    return machine
+
+
 async def mark_seen(session: AsyncSession, machine_id: uuid.UUID) -> None:
     """The machine answered: record it, and clear the offline flag of its runs. (The long-poll, which
     reads first what it may have to write, runs the same statements in api/agent_routes/poll_store.py, on

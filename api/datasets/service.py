@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.repository import get_by_name, get_or_create_named, record_blobs
+from api.core.schemas import Page, PageParams, paged
+from api.datasets.schemas import DatasetRead, DatasetVersionRead
 from api.datasets.staging import MAX_PATH_LENGTH, ManifestEntry, StagedUpload, check_folder
 from api.models import Dataset, DatasetFile, DatasetVersion, Project, Run, Template
 from shared.enums import ACTIVE_RUN_STATUSES
@@ -55,6 +57,49 @@ async def latest_number(session: AsyncSession, dataset: Dataset) -> int | None:
         select(func.max(DatasetVersion.number)).where(DatasetVersion.dataset_id == dataset.id)
     )
     return number
+
+
+def dataset_read(project: Project, dataset: Dataset, latest: int | None) -> DatasetRead:
+    return DatasetRead(
+        id=dataset.id,
+        project=project.name,
+        name=dataset.name,
+        description=dataset.description,
+        latest_version=latest,
+        created_at=dataset.created_at,
+    )
+
+
+def version_read(dataset: Dataset, version: DatasetVersion) -> DatasetVersionRead:
+    return DatasetVersionRead(
+        id=version.id,
+        dataset=dataset.name,
+        number=version.number,
+        file_count=version.file_count,
+        total_bytes=version.total_bytes,
+        content_hash=version.content_hash,
+        created_at=version.created_at,
+    )
+
+
+async def list_datasets(session: AsyncSession, project: Project, page: PageParams) -> Page[DatasetRead]:
+    """A project's datasets, each with its latest version's number."""
+
+    def item(dataset: Dataset, latest: int | None) -> DatasetRead:
+        return dataset_read(project, dataset, latest)
+
+    statement = select(Dataset, LATEST_NUMBER).where(Dataset.project_id == project.id)
+    return await paged(session, statement, Dataset.id, page, item)
+
+
+async def list_versions(
+    session: AsyncSession, dataset: Dataset, page: PageParams
+) -> Page[DatasetVersionRead]:
+    def item(version: DatasetVersion) -> DatasetVersionRead:
+        return version_read(dataset, version)
+
+    statement = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+    return await paged(session, statement, DatasetVersion.id, page, item)
 
 
 def parse_version(version: int | str) -> int | Literal["latest"]:
@@ -287,10 +332,9 @@ def _names(found: Sequence[str]) -> str:
     return ", ".join(repr(name) for name in sorted(found))
 
 
-async def delete_dataset(session: AsyncSession, project: Project, name: str) -> None:
+async def delete_dataset(session: AsyncSession, project: Project, dataset: Dataset) -> None:
     """Delete a dataset and its versions (the blobs stay: other versions may share them). Refused while
     a template names it or a run is active on one of its versions."""
-    dataset = await get_dataset(session, project, name)
     # Lock the dataset (an upload's number) and every version (a run start's FOR SHARE) first.
     await session.execute(select(Dataset.id).where(Dataset.id == dataset.id).with_for_update())
     await session.execute(
@@ -322,11 +366,10 @@ async def delete_dataset(session: AsyncSession, project: Project, name: str) -> 
 
 
 async def delete_version(
-    session: AsyncSession, project: Project, dataset: Dataset, version: int | str
+    session: AsyncSession, project: Project, dataset: Dataset, found: DatasetVersion
 ) -> None:
-    """Delete one version (its number is never given again). Refused while a template pins its number
-    or a run is active on it."""
-    found = await resolve_version(session, dataset, version, lock=False)
+    """Delete one version (its number is never given again), as read by `resolve_version(...,
+    lock=False)`. Refused while a template pins its number or a run is active on it."""
     locked = await session.scalar(
         select(DatasetVersion.id).where(DatasetVersion.id == found.id).with_for_update()
     )

@@ -2,25 +2,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
 
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import blob_response
 from api.core.errors import InvalidInput, error_responses
-from api.core.schemas import Page, PageDep, fetch_page
+from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
 from api.core.unit_of_work import commit_early
 from api.core.uploads import receive_multipart
-from api.models import Package, PackageVersion, Project
 from api.packages import service
+from api.packages.deps import PackageTarget, PackageVersionTarget, package_for, package_version_for
 from api.packages.schemas import LineageRead, PackageRead, PackageVersionRead
+from api.projects.deps import InProject, in_project
 from api.projects.service import get_project
 from shared.versions import Version
 
 router = APIRouter(prefix="/projects/{project}", tags=["packages"], responses=error_responses(401, 403, 404))
 
-Viewer = Annotated[Principal, requires(Permission.PACKAGES_VIEW)]
+ViewedPackage = Annotated[PackageTarget, package_for(Permission.PACKAGES_VIEW)]
+ViewedVersion = Annotated[PackageVersionTarget, package_version_for(Permission.PACKAGES_VIEW)]
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -35,12 +36,6 @@ _UPLOAD_BODY = {
         },
     }
 }
-
-
-async def _read(
-    session: SessionDep, project: Project, package: Package, version: PackageVersion
-) -> PackageVersionRead:
-    return service.version_read(project, package, version, await service.parent_text(session, version))
 
 
 @router.post(
@@ -62,6 +57,8 @@ async def upload_version(
     """Upload a package zip (multipart `file`) as the next major version, creating the package on its
     first upload. Refused with a clear code when it cannot run: no train.py, no `class Main` with
     `train` and `save`, a syntax error, unsafe entries, a zip bomb, a bad parameters.json."""
+    # No `package_for`: the package need not exist yet. The route declares `project` and `package`
+    # itself (with `in_project`, the document would list `package` before `project`).
     name = service.check_name(package)  # a 422 before the body is read: a bad name stores nothing
     await get_project(session, project)  # a 404 before the body is read
     # On SQLite the API's one connection would otherwise be held, and every other request stalled,
@@ -75,50 +72,21 @@ async def upload_version(
             )
         info = await service.check_package(files[0].path, settings.archive_limits())
         stored = await blobs.put_file(files[0].path)
-    found = await get_project(session, project)
-    version = await service.add_uploaded_version(session, found, name, stored, info, principal.id)
-    return await _read(session, found, await session.get_one(Package, version.package_id), version)
+    found = await get_project(session, project)  # deleted while the body streamed in: a 404
+    pkg, version = await service.add_uploaded_version(session, found, name, stored, info, principal.id)
+    return await service.read_version(session, found, pkg, version)
 
 
 @router.get("/packages", operation_id="packages_list")
-async def list_packages(project: str, session: SessionDep, _: Viewer, page: PageDep) -> Page[PackageRead]:
-    found = await get_project(session, project)
-    count = (
-        select(func.count())
-        .where(PackageVersion.package_id == Package.id)
-        .correlate(Package)
-        .scalar_subquery()
-    )
-    rows, cursor = await fetch_page(
-        session, select(Package, count).where(Package.project_id == found.id), Package.id, page
-    )
-    items = []
-    for package, versions in rows:
-        latest = await service.latest_version(session, package)
-        items.append(_package_read(found, package, latest, versions))
-    return Page(items=items, next_cursor=cursor)
-
-
-def _package_read(
-    project: Project, package: Package, latest: PackageVersion | None, count: int
-) -> PackageRead:
-    return PackageRead(
-        id=package.id,
-        project=project.name,
-        name=package.name,
-        description=package.description,
-        latest_version=None if latest is None else str(Version(latest.major, latest.minor)),
-        version_count=count,
-        created_at=package.created_at,
-    )
+async def list_packages(
+    target: Annotated[InProject, in_project(Permission.PACKAGES_VIEW)], session: SessionDep, page: PageDep
+) -> Page[PackageRead]:
+    return await service.list_packages(session, target.project, page)
 
 
 @router.get("/packages/{package}", operation_id="packages_get")
-async def get_package(project: str, package: str, session: SessionDep, _: Viewer) -> PackageRead:
-    found = await get_project(session, project)
-    pkg = await service.get_package(session, found, package)
-    count = await session.scalar(select(func.count()).where(PackageVersion.package_id == pkg.id))
-    return _package_read(found, pkg, await service.latest_version(session, pkg), int(count or 0))
+async def get_package(target: ViewedPackage, session: SessionDep) -> PackageRead:
+    return await service.package_read(session, target.project, target.package)
 
 
 @router.delete(
@@ -128,35 +96,23 @@ async def get_package(project: str, package: str, session: SessionDep, _: Viewer
     responses=error_responses(409),
 )
 async def delete_package(
-    project: str,
-    package: str,
-    session: SessionDep,
-    _: Annotated[Principal, requires(Permission.PACKAGES_DELETE)],
+    target: Annotated[PackageTarget, package_for(Permission.PACKAGES_DELETE)], session: SessionDep
 ) -> Response:
     """Delete a package that has no versions left."""
-    await service.delete_package(session, await get_project(session, project), package)
+    await service.delete_package(session, target.package)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/packages/{package}/versions", operation_id="packages_versions_list")
 async def list_versions(
-    project: str, package: str, session: SessionDep, _: Viewer, page: PageDep
+    target: ViewedPackage, session: SessionDep, page: PageDep
 ) -> Page[PackageVersionRead]:
-    found = await get_project(session, project)
-    pkg = await service.get_package(session, found, package)
-    rows, cursor = await fetch_page(
-        session, select(PackageVersion).where(PackageVersion.package_id == pkg.id), PackageVersion.id, page
-    )
-    return Page(items=[await _read(session, found, pkg, row[0]) for row in rows], next_cursor=cursor)
+    return await service.list_versions(session, target.project, target.package, page)
 
 
 @router.get("/packages/{package}/versions/{version}", operation_id="packages_versions_get")
-async def get_version(
-    project: str, package: str, version: str, session: SessionDep, _: Viewer
-) -> PackageVersionRead:
-    found = await get_project(session, project)
-    pkg = await service.get_package(session, found, package)
-    return await _read(session, found, pkg, await service.get_version(session, pkg, version))
+async def get_version(target: ViewedVersion, session: SessionDep) -> PackageVersionRead:
+    return await service.read_version(session, target.project, target.package, target.version)
 
 
 @router.get(
@@ -168,26 +124,15 @@ async def get_version(
         304: {"description": "If-None-Match matched"},
     },
 )
-async def download_version(
-    project: str,
-    package: str,
-    version: str,
-    request: Request,
-    session: SessionDep,
-    blobs: BlobsDep,
-    _: Viewer,
-) -> Response:
-    found = await get_project(session, project)
-    pkg = await service.get_package(session, found, package)
-    stored = await service.get_version(session, pkg, version)
-    filename = f"{pkg.name}-{Version(stored.major, stored.minor)}.zip"
+async def download_version(target: ViewedVersion, request: Request, blobs: BlobsDep) -> Response:
+    stored = target.version
     return await blob_response(
         blobs,
         stored.blob_sha256,
         stored.size,
         "application/zip",
         request.headers.get("if-none-match"),
-        filename=filename,
+        filename=f"{target.package.name}-{Version(stored.major, stored.minor)}.zip",
     )
 
 
@@ -198,51 +143,23 @@ async def download_version(
     responses=error_responses(409),
 )
 async def delete_version(
-    project: str,
-    package: str,
-    version: str,
+    target: Annotated[PackageVersionTarget, package_version_for(Permission.PACKAGES_DELETE)],
     session: SessionDep,
-    _: Annotated[Principal, requires(Permission.PACKAGES_DELETE)],
 ) -> Response:
     """Refused while a template or an active run uses it, or versions were trained from it."""
-    found = await get_project(session, project)
-    await service.delete_version(session, found, await service.get_package(session, found, package), version)
+    await service.delete_version(session, target.project, target.package, target.version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/packages/{package}/versions/{version}/lineage", operation_id="packages_versions_lineage")
-async def version_lineage(
-    project: str, package: str, version: str, session: SessionDep, _: Viewer
-) -> LineageRead:
+async def version_lineage(target: ViewedVersion, session: SessionDep) -> LineageRead:
     """Where the model came from (ancestors back to the upload) and what was made from it."""
-    found = await get_project(session, project)
-    pkg = await service.get_package(session, found, package)
-    stored = await service.get_version(session, pkg, version)
-    ancestors, descendants = await service.lineage(session, stored)
-    return LineageRead(
-        package=pkg.name,
-        version=str(Version(stored.major, stored.minor)),
-        ancestors=ancestors,
-        descendants=descendants,
-        record=stored.lineage,
-    )
+    return await service.lineage_read(session, target.package, target.version)
 
 
 @router.get("/models", operation_id="models_list")
 async def list_models(
-    project: str,
-    session: SessionDep,
-    _: Annotated[Principal, requires(Permission.MODELS_VIEW)],
-    page: PageDep,
+    target: Annotated[InProject, in_project(Permission.MODELS_VIEW)], session: SessionDep, page: PageDep
 ) -> Page[PackageVersionRead]:
     """Trained models (Primo's Models page): the versions successful runs made, with their metrics."""
-    found = await get_project(session, project)
-    statement = (
-        select(PackageVersion, Package)
-        .join(Package, Package.id == PackageVersion.package_id)
-        .where(Package.project_id == found.id, PackageVersion.origin == "trained")
-    )
-    rows, cursor = await fetch_page(session, statement, PackageVersion.id, page)
-    return Page(
-        items=[await _read(session, found, pkg, version) for version, pkg in rows], next_cursor=cursor
-    )
+    return await service.list_models(session, target.project, page)

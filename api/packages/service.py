@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.core.blobs import StoredBlob
 from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.repository import get_by_name, get_or_create_named, record_blobs
+from api.core.schemas import Page, PageParams, paged
 from api.models import Package, PackageLine, PackageVersion, Project, Run, Template
 from api.packages.inspect import PackageInfo, inspect_package
-from api.packages.schemas import LineageNode, PackageVersionRead
+from api.packages.schemas import LineageNode, LineageRead, PackageRead, PackageVersionRead
+from api.webhooks import outbox
 from shared.archive import ArchiveLimits
 from shared.enums import ACTIVE_RUN_STATUSES
 from shared.names import InvalidName, normalize_name
@@ -81,7 +83,7 @@ async def add_uploaded_version(
     stored: StoredBlob,
     info: PackageInfo,
     created_by: uuid.UUID | None,
-) -> PackageVersion:
+) -> tuple[Package, PackageVersion]:
     """The next major version (1.0, 2.0, ...), creating the package on its first upload."""
     package = await get_or_create_named(
         session, Package, "package", {"name": normalize_name(package_name)}, {"project_id": project.id}
@@ -107,7 +109,8 @@ async def add_uploaded_version(
     )
     session.add(version)
     await session.flush()
-    return version
+    await outbox.package_version_created(session, version)
+    return package, version
 
 
 async def add_trained_version(
@@ -142,6 +145,7 @@ async def add_trained_version(
     )
     session.add(version)
     await session.flush()
+    await outbox.package_version_created(session, version)
     return version
 
 
@@ -162,10 +166,11 @@ def _stored_fields(stored: StoredBlob, info: PackageInfo) -> dict[str, Any]:
     }
 
 
-async def delete_version(session: AsyncSession, project: Project, package: Package, version: str) -> None:
+async def delete_version(
+    session: AsyncSession, project: Project, package: Package, found: PackageVersion
+) -> None:
     """Refused while a template names it, an active run uses it, or versions were trained from it
     (the lineage would lose a link). Its number is never given again."""
-    found = await get_version(session, package, version)
     text = str(Version(found.major, found.minor))
     templates = await session.scalar(
         select(func.count()).where(
@@ -194,13 +199,81 @@ async def delete_version(session: AsyncSession, project: Project, package: Packa
     await session.flush()
 
 
-async def delete_package(session: AsyncSession, project: Project, name: str) -> None:
-    package = await get_package(session, project, name)
-    count = await session.scalar(select(func.count()).where(PackageVersion.package_id == package.id))
+async def _version_count(session: AsyncSession, package: Package) -> int:
+    return int(await session.scalar(select(func.count()).where(PackageVersion.package_id == package.id)) or 0)
+
+
+async def delete_package(session: AsyncSession, package: Package) -> None:
+    """Refused while the package has versions left."""
+    count = await _version_count(session, package)
     if count:
-        raise Conflict(f"package {name!r} still has {count} versions", code="package_not_empty")
+        raise Conflict(f"package {package.name!r} still has {count} versions", code="package_not_empty")
     await session.delete(package)
     await session.flush()
+
+
+def _package_read(
+    project: Project, package: Package, latest: PackageVersion | None, count: int
+) -> PackageRead:
+    return PackageRead(
+        id=package.id,
+        project=project.name,
+        name=package.name,
+        description=package.description,
+        latest_version=None if latest is None else str(Version(latest.major, latest.minor)),
+        version_count=count,
+        created_at=package.created_at,
+    )
+
+
+async def package_read(session: AsyncSession, project: Project, package: Package) -> PackageRead:
+    latest = await latest_version(session, package)
+    return _package_read(project, package, latest, await _version_count(session, package))
+
+
+_VERSION_COUNT = (
+    select(func.count()).where(PackageVersion.package_id == Package.id).correlate(Package).scalar_subquery()
+)
+
+
+async def list_packages(session: AsyncSession, project: Project, page: PageParams) -> Page[PackageRead]:
+    """A project's packages, each with its latest version and how many it has."""
+
+    async def item(package: Package, count: int) -> PackageRead:
+        return _package_read(project, package, await latest_version(session, package), count)
+
+    statement = select(Package, _VERSION_COUNT).where(Package.project_id == project.id)
+    return await paged(session, statement, Package.id, page, item)
+
+
+async def read_version(
+    session: AsyncSession, project: Project, package: Package, version: PackageVersion
+) -> PackageVersionRead:
+    return version_read(project, package, version, await parent_text(session, version))
+
+
+async def list_versions(
+    session: AsyncSession, project: Project, package: Package, page: PageParams
+) -> Page[PackageVersionRead]:
+    async def item(version: PackageVersion) -> PackageVersionRead:
+        return await read_version(session, project, package, version)
+
+    statement = select(PackageVersion).where(PackageVersion.package_id == package.id)
+    return await paged(session, statement, PackageVersion.id, page, item)
+
+
+async def list_models(session: AsyncSession, project: Project, page: PageParams) -> Page[PackageVersionRead]:
+    """Trained models (Primo's Models page): the versions successful runs made."""
+
+    async def item(version: PackageVersion, package: Package) -> PackageVersionRead:
+        return await read_version(session, project, package, version)
+
+    statement = (
+        select(PackageVersion, Package)
+        .join(Package, Package.id == PackageVersion.package_id)
+        .where(Package.project_id == project.id, PackageVersion.origin == "trained")
+    )
+    return await paged(session, statement, PackageVersion.id, page, item)
 
 
 def version_read(
@@ -254,6 +327,18 @@ async def lineage(
         ]
 
     return ancestors, tree(version)
+
+
+async def lineage_read(session: AsyncSession, package: Package, version: PackageVersion) -> LineageRead:
+    """Where the model came from and what was made from it, with the version's own record."""
+    ancestors, descendants = await lineage(session, version)
+    return LineageRead(
+        package=package.name,
+        version=str(Version(version.major, version.minor)),
+        ancestors=ancestors,
+        descendants=descendants,
+        record=version.lineage,
+    )
 
 
 def _node(version: PackageVersion, children: list[LineageNode] | None = None) -> LineageNode:

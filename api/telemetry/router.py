@@ -19,6 +19,7 @@ from api.core.unit_of_work import commit_early
 from api.models import Run
 from api.models.base import utcnow
 from api.projects.service import get_project
+from api.runs.deps import RunTarget, run_for
 from api.runs.service import get_run
 from api.telemetry import ingest, service, wire
 from api.telemetry.schemas import LogsRead, MetricsRead
@@ -28,6 +29,7 @@ from shared.protocol import INT32_MAX, MAX_POLL_WAIT_SECONDS, TelemetryReply
 agent_router = APIRouter(prefix="/agent", tags=["agent"], responses=error_responses(401, 403))
 router = APIRouter(prefix="/projects/{project}", tags=["runs"], responses=error_responses(401, 403, 404))
 
+ViewedRun = Annotated[RunTarget, run_for(Permission.RUNS_VIEW)]
 RunViewer = Annotated[Principal, requires(Permission.RUNS_VIEW)]
 MAX_POINTS_LIMIT = 20_000
 MAX_LOG_PAGE = 5_000
@@ -85,10 +87,8 @@ async def push_telemetry(
 
 @router.get("/runs/{run_id}/metrics", operation_id="runs_metrics_get", responses=error_responses(422))
 async def get_metrics(
-    project: str,
-    run_id: uuid.UUID,
+    target: ViewedRun,
     session: SessionDep,
-    _: RunViewer,
     series: Annotated[
         list[str] | None, Query(description="Only these series (repeat the parameter).")
     ] = None,
@@ -102,8 +102,7 @@ async def get_metrics(
 ) -> MetricsRead:
     """The run's chart: each series downsampled to `max_points` keeping every bucket's min and max and
     the exact first and last points; its latest value; the run's progress, stage, elapsed and ETA."""
-    run = await get_run(session, await get_project(session, project), run_id)
-    return await service.read_metrics(session, run, series, max_points, since)
+    return await service.read_metrics(session, target.run, series, max_points, since)
 
 
 def _long_ended(run: Run) -> bool:
@@ -132,8 +131,9 @@ async def get_logs(
 ) -> LogsRead:
     """The run's log lines from `offset`, searchable. With `follow=S` and nothing new, the request is
     held until a line is stored (answered at once) or S seconds pass; pass `next_offset` on."""
-    found = await get_project(session, project)
-    run = await get_run(session, found, run_id)
+    # Not a `RunTarget`: the console's log page calls this function with these arguments
+    # (api/console/views/logs.py).
+    run = await get_run(session, await get_project(session, project), run_id)
     with notifier.listen(run.id) as woken:  # listen first, then look: nothing slips between
         page = await service.read_logs(session, run, offset, limit, q, stream)
         if page.lines or follow == 0 or _long_ended(run):

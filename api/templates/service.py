@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.errors import Conflict, InvalidInput
 from api.core.repository import add_named, get_by_name
+from api.core.schemas import Page, PageParams, paged
 from api.models import ModelType, Process, Project, Template
 from api.models.base import utcnow
 from api.templates.references import apply_references
@@ -100,11 +101,13 @@ async def update_template(
     return template
 
 
-async def delete_template(session: AsyncSession, project: Project, name: str) -> None:
-    template = await get_template(session, project, name)
+async def delete_template(session: AsyncSession, template: Template) -> None:
+    """Refused while a process is made from it."""
     count = await session.scalar(select(func.count()).where(Process.template_id == template.id))
     if count:
-        raise Conflict(f"template {name!r} has {count} processes: delete them first", code="template_in_use")
+        raise Conflict(
+            f"template {template.name!r} has {count} processes: delete them first", code="template_in_use"
+        )
     await session.delete(template)
     await session.flush()
 
@@ -113,6 +116,24 @@ async def template_read(session: AsyncSession, project: Project, template: Templ
     model_type = await session.get(ModelType, template.model_type_id)
     assert model_type is not None
     return read_from_row(project, template, model_type.name)
+
+
+async def list_templates(
+    session: AsyncSession, project: Project, page: PageParams, model_type: str | None
+) -> Page[TemplateRead]:
+    """A project's templates, or those of one model type."""
+    statement = (
+        select(Template, ModelType.name)
+        .join(ModelType, ModelType.id == Template.model_type_id)
+        .where(Template.project_id == project.id)
+    )
+    if model_type is not None:
+        statement = statement.where(ModelType.name == model_type)
+
+    def item(template: Template, type_name: str) -> TemplateRead:
+        return read_from_row(project, template, type_name)
+
+    return await paged(session, statement, Template.id, page, item)
 
 
 def read_from_row(project: Project, template: Template, model_type: str) -> TemplateRead:
