@@ -121,6 +121,10 @@ async def test_a_failed_run_exits_one_and_a_stopped_run_two(tmp_path: Path) -> N
             assert "Run #1 stopped (user_stop)" in out.decode()
             lines, _ = await asyncio.wait_for(logs.communicate(), WAIT_SECONDS)
             assert logs.returncode == 0 and "training forever" in lines.decode().splitlines()
+            # The follower read the run once at once, then only reads the API holds until a change.
+            reads = [line for line in s.server.output().splitlines() if f"/runs/{run_id}" in line]
+            assert sum(f"/runs/{run_id} HTTP" in line for line in reads) == 1, reads
+            assert any(f"/runs/{run_id}?wait=30 HTTP" in line for line in reads), reads
         finally:
             for child in (follow, logs):
                 if child.returncode is None:
