@@ -82,7 +82,13 @@ def main() -> None:
     record_command("processes-list.svg", "processes", "list")
     record_command("models-list.svg", "models", "list")
     record_command("logs-grep.svg", "logs", run_id, "--grep", "epoch")
-    record_command("error.svg", "processes", "start", "not-a-process-id")
+    with Api(url.rstrip("/"), token) as api:  # a refusal to show: starting a disabled process
+        process = f"/projects/{segment(options.project)}/processes/{segment(options.process)}"
+        api.post(f"{process}/disable")
+        try:
+            record_command("error.svg", "processes", "start", options.process)
+        finally:
+            api.post(f"{process}/enable")
 
 
 if __name__ == "__main__":
