@@ -7,11 +7,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.core.errors import PayloadTooLarge, problem_response
 
-# The upload routes stream their bodies to the blob store under limits of their own; every other
-# route gets at most `max_bytes`, whatever its Content-Type says.
+# The upload routes (the REST API's and the console's) stream their bodies to the blob store under
+# limits of their own; every other route gets at most `max_bytes`, whatever its Content-Type says.
 STREAMED_PATHS = re.compile(
-    r"^/api/v1/(?:projects/[^/]+/(?:packages|datasets)/[^/]+/versions"
-    r"|agent/runs/[^/]+/outputs/(?:package|artifacts/.+))$"
+    r"^(?:/api/v1/(?:projects/[^/]+/(?:packages|datasets)/[^/]+/versions"
+    r"|agent/runs/[^/]+/outputs/(?:package|artifacts/.+))"
+    r"|/ui/projects/[^/]+/(?:packages|datasets)/upload)$"
 )
 # An agent's telemetry batch is larger than other JSON bodies: up to 50,000 points after a backlog.
 TELEMETRY_PATH = re.compile(r"^/api/v1/agent/runs/[^/]+/telemetry$")

@@ -136,3 +136,17 @@ async def test_deletion_as_the_api_allows(browser: AsyncClient, seeded: AsyncCli
     assert (await browser.post(f"{BASE}d/versions/1/delete", data={"csrf_token": csrf})).status_code == 303
     assert (await browser.post(f"{BASE}d/delete", data={"csrf_token": csrf})).status_code == 303
     assert (await seeded.get("/projects/digits/datasets/d")).status_code == 404
+
+
+async def test_an_upload_past_the_json_body_limit_streams_in(
+    browser: AsyncClient, seeded: AsyncClient
+) -> None:
+    """The console's upload routes stream as the REST ones do: not held to the 1 MiB of other bodies."""
+    await sign_in(browser, "ann")
+    csrf = csrf_of(await browser.get(BASE))
+    big = bytes(range(256)) * (9 * 1024)  # 2.25 MiB
+    made = await browser.post(
+        f"{BASE}upload", data={"csrf_token": csrf, "dataset": "big"}, files={"files": ("big.bin", big, "x/y")}
+    )
+    assert made.status_code == 303, made.text
+    assert (await seeded.get("/projects/digits/datasets/big/versions/1")).json()["total_bytes"] == len(big)
