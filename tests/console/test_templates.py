@@ -112,16 +112,38 @@ async def test_create_edit_delete_as_the_api_does(browser: AsyncClient, seeded: 
     assert (await seeded.get("/projects/digits/templates/Классификатор")).status_code == 404
 
 
+async def test_without_script_the_form_is_drawn_again_for_the_package_chosen(
+    browser: AsyncClient, seeded: AsyncClient
+) -> None:
+    await sign_in(browser, "ann")
+    form = await browser.get(f"{BASE}new")
+    assert 'name="param.epochs"' not in form.text  # no package chosen yet: free JSON parameters
+    again = await browser.post(f"{BASE}new", data=_form(csrf_of(form), action="refresh", base_version=""))
+    assert again.status_code == 200
+    assert 'name="param.epochs"' in again.text and 'value="3"' in again.text  # what was typed, kept
+    assert (await seeded.get("/projects/digits/templates")).json()["items"] == []
+
+
 async def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(
     browser: AsyncClient, seeded: AsyncClient
 ) -> None:
+    template = {"name": "shown", "model_type": "classifier", "base_package": "digits"}
+    assert (await seeded.post("/projects/digits/templates", json=template)).status_code == 201
     await sign_in(browser, "vera")
     listing = await browser.get(BASE)
     assert listing.status_code == 200 and "New template" not in listing.text
+    shown = await browser.get(f"{BASE}shown/")
+    assert shown.status_code == 200 and '<fieldset class="plain" disabled>' in shown.text
+    assert "Delete the template" not in shown.text and ">Save<" not in shown.text
+    edit = await browser.post(f"{BASE}shown/", data=_form(csrf_of(listing), name="shown", description="x"))
+    assert edit.status_code == 403
+    gone = await browser.post(f"{BASE}shown/delete", data={"csrf_token": csrf_of(listing)})
+    assert gone.status_code == 403
     assert (await browser.get(f"{BASE}new")).status_code == 403
     forged = await browser.post(f"{BASE}new", data=_form(csrf_of(listing)))
     assert forged.status_code == 403
-    assert (await seeded.get("/projects/digits/templates")).json()["items"] == []
+    stored = (await seeded.get("/projects/digits/templates")).json()["items"]
+    assert [(item["name"], item["description"]) for item in stored] == [("shown", "")]
 
 
 async def test_a_post_without_the_csrf_token_is_refused(browser: AsyncClient, seeded: AsyncClient) -> None:
