@@ -137,6 +137,54 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
     ]
 
 
+# One unit of work per request (api/README.md): the session dependency commits, `commit_early` is
+# the one named way a route commits before it ends, and these own a transaction of their own, outside
+# any request's, so they commit it themselves. Each with why.
+COMMIT_OWNERS = {
+    "api/core/db.py": "the session dependency: commits each request's unit of work",
+    "api/core/unit_of_work.py": "commit_early: the one named mid-request commit",
+    "api/core/sqlite.py": "the SQLite hot unit, committed on the database's own thread",
+    "api/core/idempotency.py": "an idempotency claim released after an error, on its own terms",
+    "api/access/bootstrap.py": "the start-up's built-in roles and first administrator",
+    "api/runs/sweeper.py": "the sweeper's sessions, outside any request",
+    "api/schedules/firing.py": "a schedule's firing, outside any request",
+    "api/webhooks/dispatch.py": "the webhook dispatcher's claims and outcomes, outside any request",
+    "api/telemetry/ingest.py": "a telemetry batch owns its transaction",
+    "api/agent_routes/poll_store.py": "the long-poll's look on PostgreSQL, on a connection of its own",
+}
+
+
+def direct_commits(root: Path) -> dict[str, list[int]]:
+    """Each module under `api/` that calls `.commit()` itself, with the lines it does so on."""
+    found: dict[str, list[int]] = {}
+    for path in sorted((root / "api").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "commit"
+            ):
+                found.setdefault(path.relative_to(root).as_posix(), []).append(node.lineno)
+    return found
+
+
+def test_only_the_named_owners_commit() -> None:
+    """A route that must commit before it ends says why through `commit_early(session, reason)`."""
+    found = direct_commits(ROOT)
+    stray = {module: lines for module, lines in found.items() if module not in COMMIT_OWNERS}
+    assert stray == {}, f"call commit_early(session, reason) instead of .commit(): {stray}"
+
+
+def test_a_stray_commit_is_found(tmp_path: Path) -> None:
+    (tmp_path / "api" / "things").mkdir(parents=True)
+    (tmp_path / "api" / "things" / "router.py").write_text(
+        "async def route(session):\n    x = 1\n    await session.commit()\n"
+    )
+    (tmp_path / "api" / "things" / "service.py").write_text("def commit():\n    return 'commit'\n")
+    assert direct_commits(tmp_path) == {"api/things/router.py": [3]}
+
+
 def test_the_command_line_client_talks_http_only() -> None:
     """`cli/` (the `trainyard` command) reaches the API over HTTP: of ours it imports only itself and
     `shared`, never `api` or `agent`, so it installs and runs where neither does."""

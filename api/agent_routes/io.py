@@ -5,19 +5,20 @@ it belongs to the run's package or datasets, so an agent token reaches nothing e
 """
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.agent_routes import inputs
-from api.core.blobs import check_sha256
+from api.core.blobs import StoredBlob, check_sha256
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import blob_response
 from api.core.errors import Conflict, InvalidInput, error_responses
 from api.core.repository import record_blobs
 from api.core.security import CurrentAgent
+from api.core.unit_of_work import commit_early
 from api.core.uploads import receive_body
 from api.models import Run
 from api.packages.service import check_package
@@ -41,6 +42,29 @@ async def _receiving(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UU
     if RunStatus(run.status) not in _RECEIVING:
         raise Conflict(f"run {run.id} is {run.status}: it takes no outputs", code="run_not_receiving")
     return run
+
+
+async def _before_body(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) -> None:
+    """Refuse before the body is read when the run takes no outputs; then hold no connection while it
+    streams in (on SQLite the API's one connection would stall every other request meanwhile)."""
+    await _receiving(session, agent, run_id)
+    await commit_early(session, "an output's body streams in next: an upload holds no connection")
+
+
+async def _keep_stored(
+    session: AsyncSession,
+    agent: CurrentAgent,
+    run_id: uuid.UUID,
+    kind: str,
+    stored: StoredBlob,
+    path: str = "",
+    document: dict[str, Any] | None = None,
+) -> None:
+    """The output whose body is stored, recorded if the run still takes outputs (it may have ended
+    while the body streamed in)."""
+    run = await _receiving(session, agent, run_id)
+    await record_blobs(session, [(stored.sha256, stored.size)])
+    await outputs.put_output(session, run, kind, path, stored=stored, document=document)
 
 
 @router.get(
@@ -118,16 +142,11 @@ async def upload_package(
     agent: CurrentAgent,
 ) -> OutputReply:
     """The trained package folder as a zip; checked like an upload. Sending it again replaces it."""
-    await _receiving(session, agent, run_id)
-    await session.commit()  # hold no connection while the body streams in (see packages upload)
+    await _before_body(session, agent, run_id)
     async with receive_body(request, blobs, max_bytes=settings.max_package_bytes) as path:
         info = await check_package(path, settings.archive_limits())
         stored = await blobs.put_file(path)
-    run = await _receiving(session, agent, run_id)
-    await record_blobs(session, [(stored.sha256, stored.size)])
-    await outputs.put_output(
-        session, run, outputs.PACKAGE, stored=stored, document=outputs.info_document(info)
-    )
+    await _keep_stored(session, agent, run_id, outputs.PACKAGE, stored, document=outputs.info_document(info))
     return OutputReply(kind=outputs.PACKAGE, sha256=stored.sha256, size=stored.size)
 
 
@@ -151,12 +170,9 @@ async def upload_artifact(
         relative = normalize_relative_path(path)
     except InvalidName as error:
         raise InvalidInput(f"artifact path {error}", code="invalid_path", field="path") from None
-    await _receiving(session, agent, run_id)
-    await session.commit()  # hold no connection while the body streams in (see packages upload)
+    await _before_body(session, agent, run_id)
     stored = await blobs.put(request.stream(), max_bytes=settings.max_package_bytes)
-    run = await _receiving(session, agent, run_id)
-    await record_blobs(session, [(stored.sha256, stored.size)])
-    await outputs.put_output(session, run, outputs.ARTIFACT, relative, stored=stored)
+    await _keep_stored(session, agent, run_id, outputs.ARTIFACT, stored, relative)
     return OutputReply(kind=outputs.ARTIFACT, path=relative, sha256=stored.sha256, size=stored.size)
 
 
