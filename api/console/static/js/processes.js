@@ -1,0 +1,110 @@
+// Processes: the table follows the server without a reload. One long-poll at a time (`state?wait=25`
+// with the version the page holds as If-None-Match): the server answers when a process, a run's
+// status or a shown run's progress changed, else 304 after 25 s. Cells are set with textContent only.
+// Elapsed ticks here, from the server's figure, between answers.
+
+import { duration } from "./duration.js";
+
+const table = document.getElementById("processes");
+const WAIT_SECONDS = 25;
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function field(tr, name) {
+  return tr.querySelector(`[data-field="${name}"]`);
+}
+
+function setElapsed(span, seconds, ticking) {
+  span.dataset.seconds = seconds === null ? "" : String(seconds);
+  span.dataset.at = String(performance.now());
+  if (ticking) span.dataset.ticking = ""; else delete span.dataset.ticking;
+  span.textContent = seconds === null ? "" : duration(seconds);
+}
+
+function tick() {
+  const now = performance.now();
+  for (const span of table.querySelectorAll("[data-ticking]")) {
+    const base = Number(span.dataset.seconds);
+    const at = Number(span.dataset.at || now);
+    if (span.dataset.seconds !== "") span.textContent = duration(base + (now - at) / 1000);
+  }
+}
+
+function apply(row) {
+  const tr = document.getElementById(`process-${row.id}`);
+  if (!tr) return false;
+  const status = field(tr, "status");
+  status.textContent = row.status_label;
+  status.className = `status status-${row.status}`;
+  field(tr, "stage").textContent = row.stage;
+  field(tr, "note").textContent = row.note;
+  const link = field(tr, "run");
+  if (row.run_id) {
+    link.href = `${table.dataset.runs}${row.run_id}/`;
+    link.hidden = false;
+  } else {
+    link.hidden = true;
+  }
+  const bar = field(tr, "progress");
+  bar.hidden = row.progress === null;
+  bar.value = row.progress === null ? 0 : row.progress;
+  bar.textContent = row.progress_text;
+  field(tr, "progress_text").textContent = row.progress_text;
+  setElapsed(field(tr, "elapsed"), row.elapsed_seconds, row.ticking);
+  field(tr, "eta").textContent = row.eta ? `~${row.eta}` : "";
+  for (const form of tr.querySelectorAll("form[data-action]")) {
+    form.hidden = !row.actions.includes(form.dataset.action);
+  }
+  return true;
+}
+
+async function follow() {
+  let version = table.dataset.version;
+  const url = new URL(table.dataset.state, window.location.href);
+  url.searchParams.set("wait", String(WAIT_SECONDS));
+  let failures = 0;
+  document.getElementById("live-note").hidden = false;
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { "If-None-Match": version, Accept: "application/json" },
+        cache: "no-store",
+        credentials: "same-origin",
+      });
+    } catch {
+      failures += 1; // the server restarts, the network drops: back off, then ask again
+      await sleep(Math.min(30000, 1000 * 2 ** Math.min(failures, 5)));
+      continue;
+    }
+    if (response.status === 304) {
+      failures = 0;
+      continue;
+    }
+    const type = response.headers.get("content-type") || "";
+    if (!response.ok || !type.includes("json")) {
+      // The session ended (the answer is the Sign in page) or the project went: the page says why.
+      window.location.reload();
+      return;
+    }
+    failures = 0;
+    const body = await response.json();
+    version = response.headers.get("ETag") || version;
+    const shown = table.querySelectorAll("tbody tr").length;
+    const applied = body.rows.filter(apply).length;
+    if (applied !== body.rows.length || shown !== body.rows.length) {
+      window.location.reload(); // a process was made or deleted elsewhere: the table's rows changed
+      return;
+    }
+  }
+}
+
+if (table) {
+  for (const span of table.querySelectorAll('[data-field="elapsed"]')) {
+    span.dataset.at = String(performance.now());
+  }
+  setInterval(tick, 1000); // local only: no request
+  follow();
+}
