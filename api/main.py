@@ -46,6 +46,8 @@ from api.runs.sweeper import Sweeper
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
+from api.webhooks.dispatch import Dispatcher
+from api.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -91,12 +93,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.blobs = blobs
         await notifier.start()
         sweeper = asyncio.create_task(Sweeper(sessionmaker, notifier, settings).run_forever(), name="sweeper")
+        dispatcher = asyncio.create_task(
+            Dispatcher(sessionmaker, notifier, settings).run_forever(), name="webhook-dispatcher"
+        )
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, dispatcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await notifier.stop()
             await engine.dispose()
 
@@ -124,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "roles", "description": "Named sets of permissions, and the permission catalogue"},
             {"name": "tokens", "description": "API tokens: your own, and (administrators) bots'"},
             {"name": "audit", "description": "The audit trail: who changed what, when"},
+            {"name": "webhooks", "description": "Signed event deliveries to a project's orchestrators"},
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -150,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         members_router,
         tokens_router,
         audit_router,
+        webhooks_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     install_idempotency(app)  # Idempotency-Key on every POST a signed-in user makes

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         default=200, ge=2, description="Unpacked/packed beyond which a zip is a bomb."
     )
     db_pool_size: int = Field(default=10, ge=1)
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks target loopback, private and link-local addresses (docs/clients.md).",
+    )
 
     # Logins (docs/auth.md): argon2 verifications at once, and a token bucket per client address and
     # per username, in this process.

@@ -12,6 +12,7 @@ from api.models.package import Blob, Package, PackageLine, PackageVersion
 from api.models.process import Process, ProcessEvent, Run
 from api.models.telemetry import MetricPoint, MetricRollup, MetricSeries, RunLogLine, RunTelemetry
 from api.models.template import Template
+from api.models.webhook import ProcessSchedule, Webhook, WebhookDelivery
 
 __all__ = [
     "AgentCommand",
@@ -34,6 +35,7 @@ __all__ = [
     "PackageVersion",
     "Process",
     "ProcessEvent",
+    "ProcessSchedule",
     "Project",
     "ProjectMember",
     "Role",
@@ -42,5 +44,7 @@ __all__ = [
     "RunOutput",
     "RunTelemetry",
     "Template",
+    "Webhook",
+    "WebhookDelivery",
     "User",
 ]

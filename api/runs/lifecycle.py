@@ -16,6 +16,7 @@ from api.models import AgentCommand, Machine, Process, ProcessEvent, Project, Ru
 from api.models.base import new_id, utcnow
 from api.templates import references
 from api.templates.references import ResolvedInputs
+from api.webhooks import outbox
 from shared.enums import (
     ActorKind,
     CommandKind,
@@ -140,6 +141,7 @@ async def transition(
                 reason_code=reason,
                 detail=event_detail,
             )
+            await outbox.run_status_changed(session, run, current, to, reason)
             return True
         await session.refresh(run)
     raise Conflict("the run kept changing under this request; try again", code="concurrent_update")
@@ -264,6 +266,7 @@ async def start_run(
         to_status=RunStatus.STARTING.value,
     )
     await _queue_command(session, notifier, run, CommandKind.START_RUN, {"start": start})
+    await outbox.run_status_changed(session, run, None, RunStatus.STARTING, None)
     return run
 
 

@@ -104,6 +104,13 @@ NEEDS: dict[str, P | str] = {
     "processes_enable": P.PROCESSES_MANAGE,
     "processes_disable": P.PROCESSES_MANAGE,
     "processes_delete": P.PROCESSES_DELETE,
+    # webhooks: a project's administrators only, reads included (their URLs may hold credentials)
+    "webhooks_create": P.PROJECTS_ADMIN,
+    "webhooks_list": P.PROJECTS_ADMIN,
+    "webhooks_get": P.PROJECTS_ADMIN,
+    "webhooks_delete": P.PROJECTS_ADMIN,
+    "webhooks_deliveries_list": P.PROJECTS_ADMIN,
+    "webhooks_deliveries_redeliver": P.PROJECTS_ADMIN,
     # runs: metrics, logs, artifacts, evaluation
     "processes_runs_list": P.RUNS_VIEW,
     "runs_list": P.RUNS_VIEW,
