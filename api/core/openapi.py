@@ -38,6 +38,31 @@ def _problem_content_only(response: dict[str, Any]) -> None:
         response["content"] = {PROBLEM_CONTENT_TYPE: content["application/json"]}
 
 
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _is_binary(media_type: str) -> bool:
+    return not (media_type.endswith(("/json", "+json")) or media_type.startswith(("text/", "multipart/")))
+
+
+def _binary_content(operation: dict[str, Any]) -> None:
+    """Zips, blobs and artifacts are bytes, and text is a string: say so (SDK generators type a media
+    type with no schema as `Any`), and drop the empty `application/json` FastAPI files beside a
+    route's own binary one."""
+    bodies = [operation.get("requestBody", {}), *operation.get("responses", {}).values()]
+    for body in bodies:
+        content = body.get("content", {})
+        binary = [media for media in content if _is_binary(media)]
+        if binary and content.get("application/json", {}).get("schema") == {}:
+            del content["application/json"]
+        for media in binary:
+            if not content[media].get("schema"):
+                content[media]["schema"] = dict(_BINARY)
+        for media in content:
+            if media.startswith("text/") and not content[media].get("schema"):
+                content[media]["schema"] = {"type": "string"}
+
+
 def _permission(dependant: Dependant) -> Permission | None:
     for dependency in dependant.dependencies:
         found = getattr(dependency.call, "permission", None) or _permission(dependency)
@@ -107,6 +132,7 @@ def install_openapi(app: FastAPI) -> None:
                         responses.setdefault(status, _problem_response(description))
                 for response in responses.values():
                     _problem_content_only(response)
+                _binary_content(operation)
                 permission = permissions.get(operation.get("operationId"))
                 if permission is not None:
                     operation["x-permission"] = permission.value

@@ -15,6 +15,7 @@ from api.projects.service import get_project
 from api.runs import service
 from api.runs.deps import RunTarget, run_for
 from api.runs.evaluation import EvaluationRead, read_evaluation
+from api.runs.schemas import RunResults
 
 router = APIRouter(
     prefix="/projects/{project}/runs/{run_id}", tags=["runs"], responses=error_responses(401, 403, 404)
@@ -29,7 +30,7 @@ class ArtifactRead(BaseModel):
     size: int
 
 
-@router.get("/results", operation_id="runs_results_get")
+@router.get("/results", operation_id="runs_results_get", response_model=RunResults)
 async def get_results(target: ViewedRun) -> dict[str, Any]:
     """`_results.json` in UiPath AI Center's shape, written when the run succeeded."""
     if target.run.results is None:

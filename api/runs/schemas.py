@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.core.schemas import ReadModel
 from shared.enums import RunStatus
@@ -31,3 +31,42 @@ class RunRead(ReadModel):
     exit_code: int | None
     exit_signal: int | None
     config: dict[str, Any] = Field(description="The template's settings, frozen when the run started.")
+
+
+class _ResultsPart(BaseModel):
+    # `_results.json` is UiPath AI Center's format: whatever it holds beyond these fields is kept.
+    model_config = ConfigDict(extra="allow")
+
+
+class ResultsInputs(_ResultsPart):
+    package: str | None = Field(default=None, description="The base package trained.")
+    version: str | None = Field(default=None, description="Its version, `MAJOR.MINOR`.")
+    train_data: str | None = Field(default=None, description="The dataset (or its sub-folder) trained on.")
+    gpu: str | None = Field(default=None, description='`"True"` when the run had GPUs, else `"False"`.')
+
+
+class ResultsParameters(_ResultsPart):
+    pipeline: str | None = Field(default=None, description="The template the run was started from.")
+    inputs: ResultsInputs = Field(default_factory=ResultsInputs)
+    env: dict[str, str] = Field(default_factory=dict, description="The template's parameters, as text.")
+
+
+class ResultsOutputs(_ResultsPart):
+    train_data: str | None = Field(default=None, description="The data snapshot, when one was kept.")
+    artifacts_data: str | None = Field(default=None, description='`"artifacts"` when the run wrote any.')
+    package: str | None = Field(default=None, description="The package of the trained version.")
+    version: str | None = Field(default=None, description="The trained version, `MAJOR.MINOR`.")
+
+
+class ResultsSummary(_ResultsPart):
+    execution_time: float | None = Field(default=None, description="Seconds from launch to the end.")
+    start_at: int | None = Field(default=None, description="Unix time of the launch.")
+    end_at: int | None = Field(default=None, description="Unix time of the end.")
+    outputs: ResultsOutputs = Field(default_factory=ResultsOutputs)
+
+
+class RunResults(_ResultsPart):
+    """`_results.json` in UiPath AI Center's shape, written when the run succeeded."""
+
+    parameters: ResultsParameters = Field(default_factory=ResultsParameters)
+    run_summary: ResultsSummary = Field(default_factory=ResultsSummary)
