@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timedelta
 
 import httpcore
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.core.config import Settings
@@ -49,12 +49,13 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
 
 
-def _due(now: datetime) -> list[object]:
-    return [
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Pending, due, and leased by no one (or by one whose lease ran out)."""
+    return and_(
         WebhookDelivery.state == "pending",
         WebhookDelivery.next_attempt_at <= now,
         or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < now),
-    ]
+    )
 
 
 class Dispatcher:
@@ -115,7 +116,7 @@ class Dispatcher:
             candidates = (
                 await session.scalars(
                     select(WebhookDelivery.id)
-                    .where(*_due(now))
+                    .where(_due(now))
                     .order_by(WebhookDelivery.next_attempt_at)
                     .limit(BATCH)
                 )
@@ -123,7 +124,7 @@ class Dispatcher:
             for delivery_id in candidates:
                 won = await session.execute(
                     update(WebhookDelivery)
-                    .where(WebhookDelivery.id == delivery_id, *_due(now))
+                    .where(WebhookDelivery.id == delivery_id, _due(now))
                     .values(leased_until=lease, attempts=WebhookDelivery.attempts + 1, last_attempt_at=now)
                     .returning(WebhookDelivery),
                     execution_options={"synchronize_session": False, "populate_existing": True},

@@ -10,7 +10,7 @@ from api.core.notify import changed_after_commit
 from api.core.schemas import Page, PageParams, paged
 from api.models import Project, Webhook, WebhookDelivery
 from api.models.base import utcnow
-from api.webhooks.outbox import DELIVERIES_KEY, RETRY_FOR
+from api.webhooks.outbox import DELIVERIES_KEY, RETRY_FOR, WebhookEvent
 from api.webhooks.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
 from api.webhooks.signing import new_secret
 from api.webhooks.targets import TargetRefused, check_target
@@ -21,7 +21,7 @@ def webhook_read(hook: Webhook, project: Project) -> WebhookRead:
         id=hook.id,
         project=project.name,
         url=hook.url,
-        events=hook.events,  # type: ignore[arg-type]  # validated names, stored as text
+        events=[WebhookEvent(event) for event in hook.events],
         description=hook.description,
         created_at=hook.created_at,
     )
