@@ -44,7 +44,7 @@ __all__ = [
     "RunOutput",
     "RunTelemetry",
     "Template",
+    "User",
     "Webhook",
     "WebhookDelivery",
-    "User",
 ]
