@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -176,7 +177,12 @@ def watch(client: httpx.Client, run_id: str, tty: bool) -> str:
         time.sleep(REFRESH_SECONDS)
 
 
-def report_run(client: httpx.Client, run_id: str) -> None:
+def evaluation_link(root: str, project: str, run_id: str) -> str:
+    """The run's Evaluation page in the console (a person signs in there; no token in the URL)."""
+    return f"{root}/ui/projects/{quote(project, safe='')}/runs/{run_id}/evaluation"
+
+
+def report_run(client: httpx.Client, run_id: str, root: str) -> None:
     base = f"/projects/{PROJECT}/runs/{run_id}"
     run = _check(client.get(base), 200)
     elapsed = run["elapsed_seconds"] or 0.0
@@ -204,8 +210,10 @@ def report_run(client: httpx.Client, run_id: str) -> None:
     for case in evaluation["badcases"]:
         print(
             f"  badcase {case['path']}: a {case['label']} read as {case['prediction']} "
-            f"({case['confidence']:.0%} sure) {case['url']}"
+            f"({case['confidence']:.0%} sure)"
         )
+    if evaluation["badcases"]:  # the console shows them with their images; the API's links need a token
+        print(f"the badcases with their images, in the console: {evaluation_link(root, PROJECT, run_id)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             run_id = start(client, process)
             print(f"training {PACKAGE} on the machine {args.machine}: run {run_id}")
             status = watch(client, run_id, sys.stdout.isatty())
-            report_run(client, run_id)
+            report_run(client, run_id, root)
         except (DemoError, httpx.HTTPError) as error:
             print(f"\ndemo: {error}", file=sys.stderr)
             return 2

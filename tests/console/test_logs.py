@@ -54,6 +54,8 @@ async def test_the_log_page_shows_lines_as_text_and_filters_them(
 
     searched = await browser.get(path, params={"q": "EPOCH"})
     assert "epoch 1 loss 0.9" in searched.text and ">done<" not in searched.text
+    both = await browser.get(path, params={"q": "", "stream": ""})  # the form sent as it comes
+    assert both.status_code == 200 and ">done<" in both.text
     errors = await browser.get(path, params={"stream": "stderr"})
     assert "&lt;script&gt;" in errors.text and "epoch 1" not in errors.text
 

@@ -70,12 +70,20 @@ async def json_project(
 
 
 async def file_response(
-    request: Request, blobs: BlobStore, sha256: str, size: int, path: str, *, image: bool = False
+    request: Request,
+    blobs: BlobStore,
+    sha256: str,
+    size: int,
+    path: str,
+    *,
+    image: bool = False,
+    media_type: str = OCTET_STREAM,
 ) -> Response:
     """A stored file streamed as the REST downloads stream it (ETag, `attachment`, nosniff), with a
-    Content-Type that cannot run: a raster image type when `image` allows it, else bytes."""
-    suffix = "." + path.rpartition(".")[2].lower()
-    media_type = SAFE_IMAGES.get(suffix, OCTET_STREAM) if image else OCTET_STREAM
+    Content-Type that cannot run: a raster image type when `image` allows it, else `media_type` (a zip,
+    or bytes)."""
+    if image:
+        media_type = SAFE_IMAGES.get("." + path.rpartition(".")[2].lower(), OCTET_STREAM)
     response = await blob_response(
         blobs, sha256, size, media_type, request.headers.get("if-none-match"), filename=path
     )

@@ -42,7 +42,7 @@ async def log_page(
     run_id: str,
     offset: Offset | None = None,
     q: Search = "",
-    stream: Stream | None = None,
+    stream: Literal["", "stdout", "stderr"] = "",  # the form's "both" is the empty value
 ) -> HTMLResponse:
     """The log: a search form, one page of lines (the last page when no offset is asked for and the
     log is not filtered), and what the script needs to take over."""
@@ -52,7 +52,7 @@ async def log_page(
     if offset is None:
         total = (await telemetry_service.read_logs(session, run, 0, 1, None, None)).total
         offset = 0 if q or stream else max(0, total - PAGE_LINES)
-    page = await telemetry_service.read_logs(session, run, offset, PAGE_LINES, q or None, stream)
+    page = await telemetry_service.read_logs(session, run, offset, PAGE_LINES, q or None, stream or None)
     base = f"{run_url(where.project.name, run.id)}log"
     context = where.context(
         run=run,
