@@ -219,7 +219,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     response = problem_response(
-        500, "internal_error", "Internal server error", "An unexpected error occurred."
+        500, TrainyardError.code, TrainyardError.title, "An unexpected error occurred."
     )
     # Starlette's outermost middleware sends this one past api/core/transport.py: its headers are set here.
     response.headers["X-Content-Type-Options"] = "nosniff"

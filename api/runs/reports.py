@@ -88,43 +88,25 @@ async def _exited(
             return
         as_read = frozenset({status})
         if status is RunStatus.STOPPING or event.reason_code is ReasonCode.MAX_DURATION:
+            to = RunStatus.STOPPED
             reason = (
                 ReasonCode(run.reason_code)
                 if run.reason_code
                 else (event.reason_code or ReasonCode.USER_STOP)
             )
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.STOPPED,
-                actor,
-                reason,
-                event.error_tail,
-                only_from=as_read,
-                **exit_values,
-            )
         elif event.exit_code == 0 and event.signal is None:
             # Success is decided on `finished`, once the outputs are in.
-            decided = status is not RunStatus.STARTING or await transition(
+            if status is not RunStatus.STARTING or await transition(
                 session, run, RunStatus.RUNNING, actor, only_from=as_read, launched_at=utcnow()
-            )
-            if decided:
+            ):
                 await _set(session, run, **exit_values)
+                return
+            continue
         else:
-            reason = event.reason_code or ReasonCode.EXIT_NONZERO
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.FAILED,
-                actor,
-                reason,
-                event.error_tail,
-                only_from=as_read,
-                **exit_values,
-            )
-        if decided:
+            to, reason = RunStatus.FAILED, event.reason_code or ReasonCode.EXIT_NONZERO
+        if await end_run(
+            session, notifier, run, to, actor, reason, event.error_tail, only_from=as_read, **exit_values
+        ):
             return
 
 
@@ -132,27 +114,14 @@ async def _finished(session: AsyncSession, notifier: Notifier, run: Run, actor: 
     for _ in range(_DECISIONS):
         status = RunStatus(run.status)
         as_read = frozenset({status})
+        detail = ""
         if status is RunStatus.STOPPING:
-            reason = ReasonCode(run.reason_code or ReasonCode.USER_STOP)
-            decided = await end_run(
-                session, notifier, run, RunStatus.STOPPED, actor, reason, only_from=as_read
-            )
+            to, reason = RunStatus.STOPPED, ReasonCode(run.reason_code or ReasonCode.USER_STOP)
         elif status is RunStatus.RUNNING and run.exit_code == 0:
             missing = await outputs.missing_outputs(session, run)
-            if missing is not None:
-                decided = await end_run(
-                    session,
-                    notifier,
-                    run,
-                    RunStatus.FAILED,
-                    actor,
-                    ReasonCode.MISSING_OUTPUTS,
-                    missing,
-                    only_from=as_read,
-                )
-            else:
+            if missing is None:
                 # The commit point: the status, the new version and _results.json in one transaction.
-                decided = await end_run(
+                if await end_run(
                     session,
                     notifier,
                     run,
@@ -162,21 +131,15 @@ async def _finished(session: AsyncSession, notifier: Notifier, run: Run, actor: 
                     only_from=as_read,
                     progress=1.0,
                     eta_seconds=0.0,
-                )
-                if decided:
+                ):
                     await outputs.commit_outputs(session, run)
+                    return
+                continue
+            to, reason, detail = RunStatus.FAILED, ReasonCode.MISSING_OUTPUTS, missing
         elif status in ACTIVE_RUN_STATUSES:
-            decided = await end_run(
-                session,
-                notifier,
-                run,
-                RunStatus.FAILED,
-                actor,
-                ReasonCode.EXCEPTION,
-                "the agent reported `finished` without a successful exit",
-                only_from=as_read,
-            )
+            to, reason = RunStatus.FAILED, ReasonCode.EXCEPTION
+            detail = "the agent reported `finished` without a successful exit"
         else:
             return
-        if decided:
+        if await end_run(session, notifier, run, to, actor, reason, detail, only_from=as_read):
             return
