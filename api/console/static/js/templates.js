@@ -107,10 +107,8 @@ async function refresh(packageChanged) {
 }
 
 if (form && box && packageField && packageField.tagName === "SELECT" && !form.querySelector("fieldset[disabled]")) {
-  for (const button of form.querySelectorAll("[data-refresh]")) {
-    button.hidden = true;
-    button.disabled = true;
-  }
+  // Removed, not hidden: as the form's first submit button it would take Enter's implicit submission.
+  for (const button of form.querySelectorAll("[data-refresh]")) button.closest("p").remove();
   packageField.addEventListener("change", () => refresh(true));
   if (versionField) versionField.addEventListener("change", () => refresh(false));
 }
