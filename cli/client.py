@@ -7,8 +7,10 @@ document; a transport failure an `Unreachable` naming the URL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -18,7 +20,10 @@ from cli.config import API_PREFIX
 from cli.errors import ApiError, Unreachable, UsageProblem
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+RECONNECT_FOR_SECONDS = 300.0
+RETRIED_STATUSES = frozenset({502, 503, 504})  # a proxy's word for an API that is restarting
 PAGE_SIZE = 200  # the list routes' largest page: fewer round trips for `list`
+T = TypeVar("T")
 Params = Mapping[str, Any] | list[tuple[str, Any]] | None
 
 
@@ -97,6 +102,40 @@ def api_error(response: httpx.Response) -> ApiError:
     if isinstance(body, dict) and ("title" in body or "code" in body):
         return ApiError(response.status_code, body)
     return ApiError(response.status_code, {"title": f"HTTP {response.status_code} {response.reason_phrase}"})
+
+
+@dataclass
+class Patience:
+    """Retries of reads while the API is unreachable or its proxy answers 502, 503 or 504, with
+    backoff, for up to RECONNECT_FOR_SECONDS since the first failure: a follow that lasts hours
+    outlives an API restart. Only for reads (a GET repeated changes nothing)."""
+
+    waiting: Callable[[str], None] | None = None  # hears why, before each retry
+    deadline: float | None = None
+    delay: float = 0.5
+
+    def bear(self, error: Unreachable | ApiError) -> None:
+        """Sleep before the next try; raise `error` when it is no outage or patience ran out."""
+        if isinstance(error, ApiError) and error.status not in RETRIED_STATUSES:
+            raise error
+        now = time.monotonic()
+        self.deadline = self.deadline if self.deadline is not None else now + RECONNECT_FOR_SECONDS
+        if now >= self.deadline:
+            raise error
+        if self.waiting is not None:
+            self.waiting(error.line())
+        time.sleep(min(self.delay, self.deadline - now))
+        self.delay = min(self.delay * 2, 10.0)
+
+
+def patiently(read: Callable[[], T], waiting: Callable[[str], None] | None = None) -> T:
+    """`read()`, retried through an outage (`Patience`)."""
+    patience = Patience(waiting)
+    while True:
+        try:
+            return read()
+        except (Unreachable, ApiError) as error:
+            patience.bear(error)
 
 
 def connect(url: str | None, token: str | None, *, need_token: bool = True) -> Api:

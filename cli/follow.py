@@ -10,7 +10,7 @@ either. The chart's latest values come from the metrics route, from where the la
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli import output
-from cli.client import Api, segment
+from cli.client import Api, patiently, segment
 from cli.errors import Exit
 from shared.enums import ENDED_RUN_STATUSES, RunStatus
 
@@ -64,6 +64,13 @@ class Follower:
     latest: dict[str, float] = field(default_factory=dict)
     metrics_since: int | None = None
     etag: str | None = None
+    trouble: str | None = None  # why the API does not answer right now (retried: `patiently`)
+    on_trouble: Callable[[str], None] | None = None
+
+    def _waiting(self, why: str) -> None:
+        self.trouble = why
+        if self.on_trouble is not None:
+            self.on_trouble(why)
 
     @property
     def path(self) -> str:
@@ -110,7 +117,8 @@ class Follower:
         self.read()
         yield self.run
         while not self.ended:
-            found = self.read()
+            found = patiently(self.read, self._waiting)
+            self.trouble = None
             if found is Read.CHANGED:
                 yield self.run
             elif found is Read.SAME:  # answered at once with what we had: this API ignores `wait`
@@ -164,6 +172,8 @@ class Follower:
             )
         )
         where = output.text(f"on {run.get('machine', '?')} · {self.project} · {self.run_id}", "dim")
+        if self.trouble:
+            return Group(head, bar, values, where, output.text(f"retrying: {self.trouble}", "yellow"))
         return Group(head, bar, values, where)
 
     def summary(self) -> str:
@@ -201,6 +211,7 @@ def follow(api: Api, project: str, run_id: str, *, as_json: bool, console: Conso
             for _ in follower.states():
                 pass
     else:
+        follower.on_trouble = lambda why: console.print(Text(f"retrying: {output.safe(why)}"))
         for _ in follower.states():
             console.print(Text(follower.line()))
     if not as_json:

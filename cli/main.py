@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         rich_utils.rich_format_error(cast(Any, error))
         code = getattr(error, "exit_code", Exit.USAGE)
     except (typer.Abort, KeyboardInterrupt):
-        output.err.print("interrupted: a run goes on on its machine", style="dim")
+        output.err.print("interrupted", style="dim")
         code = Exit.INTERRUPTED
     except BrokenPipeError:  # `trainyard logs RUN | head`: the reader had enough
         sys.stderr.close()

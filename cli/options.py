@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import httpx
 import typer
 
 from cli import config
 from cli.client import Api, connect
-from cli.errors import UsageProblem
+from cli.errors import CliError, UsageProblem
+
+
+def _complete_projects(incomplete: str) -> list[str]:
+    """The projects the saved login sees, for the shell's completion; nothing when it cannot ask
+    (completion must never print an error into a command line being typed)."""
+    try:
+        with api() as client:
+            names = [project["name"] for project in client.items("/projects")]
+    except (CliError, httpx.HTTPError, KeyError, TypeError, ValueError):
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
 
 JsonOpt = Annotated[
     bool,
@@ -22,6 +35,7 @@ ProjectOpt = Annotated[
         envvar=config.PROJECT_VARIABLE,
         show_envvar=True,
         help="The project (default: the one `trainyard projects use` or `login --project` saved).",
+        autocompletion=_complete_projects,
     ),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from cli import output
-from cli.client import segment
+from cli.client import Patience, segment
+from cli.errors import ApiError, Unreachable
 from cli.follow import follow, wait_seconds
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
 from shared.enums import ENDED_RUN_STATUSES
@@ -115,18 +116,26 @@ def logs(
     if stream:
         params["stream"] = stream
     offset = 0
+    active = False  # the last page said the run goes on: only then is a read held for new lines
+    patience = Patience(output.note)
     with api() as client:
         while True:
-            held = wait_seconds() if follow_lines else 0
-            page = client.get(path, {**params, "offset": offset, "follow": held}, timeout=held + 30.0)
+            held = wait_seconds() if follow_lines and active else 0
+            try:
+                page = client.get(path, {**params, "offset": offset, "follow": held}, timeout=held + 30.0)
+            except (Unreachable, ApiError) as error:
+                if not follow_lines:
+                    raise
+                patience.bear(error)
+                active = False  # it may have ended meanwhile: look before holding again
+                continue
+            patience = Patience(output.note)
             for line in page["lines"]:
                 if as_json:
                     output.print_json_line(line)
                 else:
                     output.write_line(line["text"])
             offset = page["next_offset"]
-            more = len(page["lines"]) == LOG_PAGE
-            if more:
-                continue
-            if not follow_lines or page["status"] in ENDED_RUN_STATUSES:
+            active = page["status"] not in ENDED_RUN_STATUSES
+            if len(page["lines"]) < LOG_PAGE and not (follow_lines and active):
                 break

@@ -58,6 +58,18 @@ def test_version_help_and_a_usage_error(cli: Cli) -> None:
     assert "No such command 'lst'" in mistyped.stderr and mistyped.stdout == ""
 
 
+def test_shell_completion_knows_the_commands_and_the_projects(logged_in: Cli) -> None:
+    ok(logged_in("projects", "create", "completed-name"))
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {"_TRAINYARD_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+        return ok(logged_in(**env)).split()
+
+    assert complete("trainyard processes st") == ["start", "stop"]
+    assert complete("trainyard templates list -p completed-") == ["completed-name"]
+
+
 def test_login_with_a_token_saves_it_in_a_file_only_its_owner_reads(cli: Cli, server: Server) -> None:
     result = ok(cli("login", server.base_url + "/api/v1/", "--token", stdin=ADMIN_TOKEN + "\n"))
     assert result.strip() == f"Logged in to {server.base_url} as admin."

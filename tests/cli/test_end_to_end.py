@@ -1,6 +1,7 @@
 """The whole flow through `trainyard` alone, as a person at a shell drives it: a real API, a real agent
 process, the digits package of examples/ trained to a new version. Then a run that fails and one
-that is stopped, each telling itself apart by the exit code of the command that followed it."""
+that is stopped, each telling itself apart by the exit code of the command that followed it, the
+stopped one followed across a restart of the API."""
 
 from __future__ import annotations
 
@@ -115,10 +116,18 @@ async def test_a_failed_run_exits_one_and_a_stopped_run_two(tmp_path: Path) -> N
         logs = await asyncio.create_subprocess_exec(*COMMAND, "logs", run_id, "--follow", **pipes)
         try:
             await wait_for_file(marks / "started", s)  # printed its line, flushed, and runs on
+            # An API restart while both wait on it: they retry until it answers again (a deploy
+            # must not end a follow that has lasted an hour).
+            assert follow.stderr is not None  # its first state's line: past its first read
+            first = await asyncio.wait_for(follow.stderr.readline(), WAIT_SECONDS)
+            assert first.decode().startswith("running"), first
+            s.kill_api()
+            s.restart_api()
             assert ok(cli("processes", "stop", stoppable)).startswith("Stopping")
             out, err = await asyncio.wait_for(follow.communicate(), WAIT_SECONDS)
             assert follow.returncode == 2, (out, err, s.logs())
             assert "Run #1 stopped (user_stop)" in out.decode()
+            assert "retrying: cannot reach" in err.decode(), err
             lines, _ = await asyncio.wait_for(logs.communicate(), WAIT_SECONDS)
             assert logs.returncode == 0 and "training forever" in lines.decode().splitlines()
             # The follower read the run once at once, then only reads the API holds until a change.
