@@ -4,7 +4,7 @@ per user and expire. Through the real app, on SQLite and PostgreSQL."""
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -200,3 +200,55 @@ async def test_a_replayed_token_is_never_stored_readable(
     assert again.headers[REPLAYED] == "true" and again.json()["token"] == first["token"]
     assert first["token"] not in text_of(await dump_database())
     assert len([t for t in ok(await client.get("/tokens"))["items"] if t["name"] == "bot"]) == 1
+
+
+def multipart(
+    content: bytes, boundary: str = "trainyard-test-boundary"
+) -> tuple[bytes, bytes, dict[str, str]]:
+    """An upload's body in two halves (to hold the second back) and its headers."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="package.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    whole = head + content + tail
+    half = len(head) + len(content) // 2
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(whole))}
+    return whole[:half], whole[half:], headers
+
+
+async def test_a_held_upload_keeps_its_key_until_it_is_abandoned(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload holds its key while its body streams in (409 for a retry meanwhile); a claim older
+    than RETAKE_PENDING_AFTER is taken over, and the old upload, finishing after all, is rolled back."""
+    ok(await client.post("/projects", json={"name": "p"}), 201)
+    versions = "/projects/p/packages/pkg/versions"
+    first_half, second_half, headers = multipart(zip_bytes(valid_package()))
+    key = {"Idempotency-Key": "slow-upload", **headers}
+    reading, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_body() -> AsyncIterator[bytes]:
+        yield first_half
+        reading.set()  # asked for more: the route has claimed the key and streams the body
+        await go_on.wait()
+        yield second_half
+
+    async def whole_body() -> AsyncIterator[bytes]:
+        yield first_half + second_half
+
+    held = asyncio.create_task(client.post(versions, content=held_body(), headers=key))
+    await reading.wait()
+    retry = await client.post(versions, content=whole_body(), headers=key)
+    problem(retry, 409, "idempotency_key_in_use")
+    assert retry.headers["Retry-After"] == "1"
+
+    later = utcnow() + idempotency.RETAKE_PENDING_AFTER + timedelta(seconds=1)
+    monkeypatch.setattr(idempotency, "utcnow", lambda: later)
+    retaken = await client.post(versions, content=whole_body(), headers=key)
+    assert retaken.status_code == 201 and REPLAYED not in retaken.headers, retaken.text
+    go_on.set()
+    problem(await held, 409, "idempotency_key_in_use")
+    assert [v["version"] for v in ok(await client.get(versions))["items"]] == ["1.0"]
+    replayed = await client.post(versions, content=whole_body(), headers=key)
+    assert replayed.headers[REPLAYED] == "true" and replayed.content == retaken.content
