@@ -114,3 +114,19 @@ async def test_deletion_as_the_api_allows(browser: AsyncClient, seeded: AsyncCli
     assert gone.status_code == 303
     assert (await browser.post(f"{BASE}digits/delete", data={"csrf_token": csrf})).status_code == 303
     assert (await seeded.get("/projects/digits/packages/digits")).status_code == 404
+
+
+async def test_bad_input_in_a_url_is_refused_never_a_500(browser: AsyncClient, seeded: AsyncClient) -> None:
+    await sign_in(browser, "ann")
+    for url in (
+        f"{BASE}?cursor=not-a-cursor",
+        f"{BASE}nothing/",
+        f"{BASE}nothing/versions/1.0/",
+        "/ui/projects/digits/datasets/?cursor=not-a-cursor",
+        "/ui/projects/digits/datasets/nothing/versions/x/",
+        "/ui/projects/digits/templates/?cursor=not-a-cursor",
+        "/ui/projects/digits/templates/nothing/",
+        "/ui/projects/digits/templates/package?package=nothing",
+    ):
+        answer = await browser.get(url)
+        assert answer.status_code in (404, 422), (url, answer.status_code)
