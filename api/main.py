@@ -43,6 +43,8 @@ from api.projects.router import router as projects_router
 from api.runs.outputs_router import router as run_outputs_router
 from api.runs.router import router as runs_router
 from api.runs.sweeper import Sweeper
+from api.schedules.firing import ScheduleFiring
+from api.schedules.router import router as schedules_router
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
@@ -96,10 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher = asyncio.create_task(
             Dispatcher(sessionmaker, notifier, settings).run_forever(), name="webhook-dispatcher"
         )
+        schedules = asyncio.create_task(
+            ScheduleFiring(sessionmaker, notifier, settings).run_forever(), name="schedules"
+        )
         try:
             yield
         finally:
-            for task in (sweeper, dispatcher):
+            for task in (sweeper, dispatcher, schedules):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -146,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         machines_router,
         templates_router,
         processes_router,
+        schedules_router,
         packages_router,
         datasets_router,
         run_outputs_router,

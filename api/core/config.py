@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     lost_after: float = Field(default=600.0, gt=0, description="Seconds offline before a run is lost.")
     start_timeout: float = Field(default=300.0, gt=0, description="Seconds for an agent to take a start.")
     sweep_interval: float = Field(default=2.0, gt=0, description="Seconds between timeout sweeps.")
+    schedule_interval: float = Field(default=5.0, gt=0, description="Seconds between schedule checks.")
 
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_telemetry_body_bytes: int = Field(

@@ -104,6 +104,9 @@ NEEDS: dict[str, P | str] = {
     "processes_enable": P.PROCESSES_MANAGE,
     "processes_disable": P.PROCESSES_MANAGE,
     "processes_delete": P.PROCESSES_DELETE,
+    "processes_schedule_put": P.PROCESSES_MANAGE,
+    "processes_schedule_get": P.PROCESSES_VIEW,
+    "processes_schedule_delete": P.PROCESSES_MANAGE,
     # webhooks: a project's administrators only, reads included (their URLs may hold credentials)
     "webhooks_create": P.PROJECTS_ADMIN,
     "webhooks_list": P.PROJECTS_ADMIN,
