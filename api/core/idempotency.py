@@ -217,28 +217,13 @@ async def _take(
     if inserted is not None:
         return inserted, claim
     this_key = and_(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
-    retaken = await session.scalar(
-        update(IdempotencyKey)
-        .where(
-            this_key,
-            or_(
-                IdempotencyKey.expires_at <= now,
-                and_(
-                    IdempotencyKey.state == PENDING, IdempotencyKey.claimed_at <= now - RETAKE_PENDING_AFTER
-                ),
-            ),
-        )
-        .values(**fresh, status_code=None, headers=None, body=None)
-        .returning(IdempotencyKey.id),
-        execution_options={"synchronize_session": False},
-    )
-    if retaken is not None:
-        return retaken, claim
     found = (
         await session.execute(
             select(
                 IdempotencyKey.fingerprint,
                 IdempotencyKey.state,
+                IdempotencyKey.claimed_at,
+                IdempotencyKey.expires_at,
                 IdempotencyKey.status_code,
                 IdempotencyKey.headers,
                 IdempotencyKey.body,
@@ -247,6 +232,28 @@ async def _take(
     ).first()
     if found is None:  # released by its failed holder since the INSERT: retrying is safe
         raise _in_use()
+    abandoned = found.state == PENDING and found.claimed_at <= now - RETAKE_PENDING_AFTER
+    if found.expires_at <= now or abandoned:
+        # Taken afresh, by one of several requests that find it so: the same condition, compared and set.
+        retaken = await session.scalar(
+            update(IdempotencyKey)
+            .where(
+                this_key,
+                or_(
+                    IdempotencyKey.expires_at <= now,
+                    and_(
+                        IdempotencyKey.state == PENDING,
+                        IdempotencyKey.claimed_at <= now - RETAKE_PENDING_AFTER,
+                    ),
+                ),
+            )
+            .values(**fresh, status_code=None, headers=None, body=None)
+            .returning(IdempotencyKey.id),
+            execution_options={"synchronize_session": False},
+        )
+        if retaken is None:
+            raise _in_use()
+        return retaken, claim
     if found.fingerprint != fingerprint:
         raise _reused("was used with another request (method, path, query or body)")
     if found.state == DONE and found.status_code is not None and found.body is not None:
