@@ -252,3 +252,18 @@ async def test_a_held_upload_keeps_its_key_until_it_is_abandoned(
     assert [v["version"] for v in ok(await client.get(versions))["items"]] == ["1.0"]
     replayed = await client.post(versions, content=whole_body(), headers=key)
     assert replayed.headers[REPLAYED] == "true" and replayed.content == retaken.content
+
+
+def test_the_document_declares_the_key_on_every_post_a_user_makes(app: FastAPI) -> None:
+    covered = 0
+    for path, item in app.openapi()["paths"].items():
+        for method, operation in item.items():
+            headers = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+            user_post = (
+                method == "post" and path.startswith("/api/v1/") and not path.startswith("/api/v1/agent/")
+            ) and path != "/api/v1/auth/login"
+            assert (idempotency.HEADER in headers) == user_post, f"{method} {path}"
+            if user_post:
+                covered += 1
+                assert {"409", "422"} <= set(operation["responses"]), f"{method} {path}"
+    assert covered >= 20
