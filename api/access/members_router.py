@@ -18,7 +18,6 @@ router = APIRouter(
 )
 audit_router = APIRouter(tags=["audit"], responses=error_responses(401, 403))
 
-Viewer = Annotated[Principal, requires(Permission.PROJECTS_VIEW)]
 Admin = Annotated[Principal, requires(Permission.PROJECTS_ADMIN)]
 
 
