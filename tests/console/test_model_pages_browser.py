@@ -258,7 +258,8 @@ def test_evaluation_shows_per_class_metrics_and_a_badcase_image(page: Page, serv
     ).to_be_visible()
     image = page.locator(".badcases img").first
     expect(image).to_be_visible()
-    assert image.evaluate("img => img.complete && img.naturalWidth > 0")  # the dataset's PNG, served
+    # decode() settles once the image has loaded: it rejects a broken one, and a PNG has a width
+    assert image.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0  # the dataset's PNG
     accessible(page)
     screenshot(page, "evaluation")
 

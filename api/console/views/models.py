@@ -59,7 +59,7 @@ async def models_page(
     where: ProjectPage,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
-    """The trained versions, newest page first as the API lists them, with their final metrics."""
+    """The trained versions in the order they were made, as the API lists them, with their final metrics."""
     require(request, where, Permission.MODELS_VIEW)
     page = await packages.list_models(session, where.project, PageParams(limit=LIST_PAGE, cursor=cursor))
     name = where.project.name
