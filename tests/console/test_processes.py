@@ -130,7 +130,8 @@ async def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(
     await sign_in(browser, "vera")
     page = await browser.get(page_url(world))
     assert page.status_code == 200 and world.template in page.text
-    assert "data-action=" not in page.text and "Create a process" not in page.text
+    assert "data-action=" not in page.text and 'id="act"' not in page.text
+    assert "Create a process" not in page.text
     assert (await the_row(browser, world))["actions"] == []
     token = csrf_of(page)  # the sign-out form's: a real session token, forging only the action
     for action in ("start", "delete"):
@@ -220,3 +221,26 @@ async def test_another_project_is_not_found_and_the_live_route_needs_a_session(
     await sign_in(browser, "bob")
     assert (await browser.get(page_url(world))).status_code == 404
     assert (await browser.get(f"{page_url(world)}state")).status_code == 404
+
+
+async def test_the_menu_form_sends_the_process_and_the_action(
+    browser: AsyncClient, client: AsyncClient, world: World
+) -> None:
+    await make_person(client, "ann", is_admin=True)
+    await sign_in(browser, "ann")
+    page = await browser.get(page_url(world))
+    assert (
+        f'name="do" value="{world.process_id}/start"' in page.text
+        and f'action="{page_url(world)}act"' in page.text
+    )
+    token = csrf_of(page)
+    menu = f"{page_url(world)}act"
+    for bad in ("", "not-an-id/start", f"{world.process_id}/explode", f"{world.process_id}"):
+        assert (await browser.post(menu, data={"do": bad, "csrf_token": token})).status_code == 404, bad
+    assert (await browser.post(menu, data={"do": f"{world.process_id}/start"})).status_code == 403  # no token
+    started = await browser.post(menu, data={"do": f"{world.process_id}/start", "csrf_token": token})
+    assert started.status_code == 303
+    assert (
+        ok(await client.get(f"/projects/{world.project}/processes/{world.process_id}"))["status"]
+        == "starting"
+    )

@@ -303,6 +303,25 @@ def _audit(request: Request, session: SessionDep, where: InProject, action: str)
     audit(session, request, where.principal, action)
 
 
+@router.post("/projects/{project}/processes/act")
+async def act_from_menu(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    where: ProjectChange,
+    do: Annotated[str, Form(max_length=128)] = "",
+    cursor: Annotated[str | None, Form(max_length=64)] = None,
+) -> RedirectResponse:
+    """The menu's button: the page's one action form, `do=<process id>/<action>`."""
+    process_id, _, action = do.partition("/")
+    try:
+        parsed = uuid.UUID(process_id)
+    except ValueError:
+        raise refuse(request, where.signed_in, 404, "processes.no_action") from None
+    return await act(request, session, settings, notifier, where, parsed, action, cursor)
+
+
 @router.post("/projects/{project}/processes/{process_id}/{action}")
 async def act(
     request: Request,

@@ -54,8 +54,8 @@ function apply(row) {
   field(tr, "progress_text").textContent = row.progress_text;
   setElapsed(field(tr, "elapsed"), row.elapsed_seconds, row.ticking);
   field(tr, "eta").textContent = row.eta ? `~${row.eta}` : "";
-  for (const form of tr.querySelectorAll("form[data-action]")) {
-    form.hidden = !row.actions.includes(form.dataset.action);
+  for (const button of tr.querySelectorAll("button[data-action]")) {
+    button.hidden = !row.actions.includes(button.dataset.action);
   }
   return true;
 }

@@ -71,7 +71,13 @@ class Chart {
       [[]],
       element,
     );
-    window.addEventListener("resize", () => this.plot.setSize({ width: chartWidth(element), height: 380 }));
+    this.resized = () => this.plot.setSize({ width: chartWidth(element), height: 380 });
+    window.addEventListener("resize", this.resized);
+  }
+
+  destroy() {
+    window.removeEventListener("resize", this.resized);
+    this.plot.destroy();
   }
 
   drawn(u) {
@@ -147,9 +153,9 @@ function monitoring(root) {
           label: SCALES[name] ? name : "",
         });
       }
-      return { label: name, scale, stroke: colourOf(name, allNames().indexOf(name)), width: 1.5, spanGaps: true, points: { show: false } };
+      return { label: name, scale, stroke: colourOf(name, allNames().indexOf(name)), width: 1.5, spanGaps: true };
     });
-    if (chart) chart.plot.destroy();
+    if (chart) chart.destroy();
     element.replaceChildren();
     chart = new Chart(element, {
       xLabel: element.dataset.x,
@@ -365,7 +371,7 @@ function compare(root) {
     empty.hidden = points;
     const chart = new Chart(element, {
       xLabel: root.dataset.x,
-      series: runs.map((run, index) => ({ label: run.label, stroke: PALETTE[index % PALETTE.length], width: 1.5, spanGaps: true, points: { show: false } })),
+      series: runs.map((run, index) => ({ label: run.label, stroke: PALETTE[index % PALETTE.length], width: 1.5, spanGaps: true })),
       scales: { y: { auto: true } },
       axes: [{ label: metric, values: ticks, size: 60 }],
       readWindow: (low, high) => read(low, high),
