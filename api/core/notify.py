@@ -62,6 +62,7 @@ class Notifier:
         self._wakes = 0  # wakes so far: `mark`
         self._woken_at: dict[uuid.UUID, int] = {}  # an id's last wake, as the count after it
         self._forgotten = 0  # the count when `_woken_at` was last emptied: earlier wakes are unknown
+        self._loops: set[Wakeup] = set()  # waiters that are the API's own loops, not requests
 
     async def start(self) -> None:
         """Nothing to start in-process."""
@@ -114,11 +115,13 @@ class Notifier:
 
     @property
     def waiting(self) -> int:
-        """Requests held waiting (one listening on several keys counts once)."""
-        return len({waiter for waiters in self._waiters.values() for waiter in waiters})
+        """Requests held waiting (one listening on several keys counts once); the API's own loops
+        (`listen(..., request=False)`) are not requests and are not counted."""
+        held = {waiter for waiters in self._waiters.values() for waiter in waiters}
+        return len(held - self._loops)
 
     @contextmanager
-    def listen(self, *keys: uuid.UUID, since: int | None = None) -> Iterator[Wakeup]:
+    def listen(self, *keys: uuid.UUID, since: int | None = None, request: bool = True) -> Iterator[Wakeup]:
         """An event set when something for `machine_id` commits. Listen first, then look, then wait: a
         command committed between the look and the wait still wakes the waiter. Or `mark()` first, then
         look, then listen `since` that mark: the waiter starts woken if the machine was woken after it.
@@ -135,9 +138,12 @@ class Notifier:
             waiter.set()
         for key in keys:
             self._waiters[key].add(waiter)
+        if not request:
+            self._loops.add(waiter)
         try:
             yield waiter
         finally:
+            self._loops.discard(waiter)
             for key in keys:
                 waiters = self._waiters[key]
                 waiters.discard(waiter)

@@ -82,7 +82,7 @@ class Dispatcher:
                     logger.exception("webhook dispatch failed")
                     pause = IDLE_SECONDS
                 with (
-                    self._notifier.listen(DELIVERIES_KEY, since=mark) as woken,
+                    self._notifier.listen(DELIVERIES_KEY, since=mark, request=False) as woken,
                     contextlib.suppress(TimeoutError),
                 ):
                     async with asyncio.timeout(pause):
