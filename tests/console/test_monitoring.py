@@ -97,6 +97,10 @@ async def test_monitoring_shows_the_header_the_trail_and_the_chart_data(
     bad = await browser.get(f"{base}metrics", params={"low": "nan", "high": 1})
     assert bad.status_code == 422
 
+    russian = await browser.get(base, headers={"Accept-Language": "ru"})
+    assert russian.status_code == 200 and "Мониторинг" in russian.text and "Журнал аудита" in russian.text
+    assert "Выполняется" in russian.text and "~До конца" in russian.text
+
 
 async def test_the_live_route_holds_until_telemetry_and_sends_the_new_points(
     app: FastAPI, browser: AsyncClient, client: AsyncClient, world: World
