@@ -177,9 +177,14 @@ def watch(client: httpx.Client, run_id: str, tty: bool) -> str:
         time.sleep(REFRESH_SECONDS)
 
 
+def run_link(root: str, project: str, run_id: str, page: str = "") -> str:
+    """The run's page in the console: its Monitoring chart, or `log` and `evaluation`."""
+    return f"{root}/ui/projects/{quote(project, safe='')}/runs/{run_id}/{page}"
+
+
 def evaluation_link(root: str, project: str, run_id: str) -> str:
     """The run's Evaluation page in the console (a person signs in there; no token in the URL)."""
-    return f"{root}/ui/projects/{quote(project, safe='')}/runs/{run_id}/evaluation"
+    return run_link(root, project, run_id, "evaluation")
 
 
 def report_run(client: httpx.Client, run_id: str, root: str) -> None:
@@ -242,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if status != "succeeded":
         print(
-            f"demo: the run ended {status}; its detail is above and its logs at "
-            f"{root}/api/v1/projects/{PROJECT}/runs/{run_id}/logs",
+            f"demo: the run ended {status}; its detail is above and its training log at "
+            f"{run_link(root, PROJECT, run_id, 'log')}",
             file=sys.stderr,
         )
         return 1
-    print(f"\nAPI docs (OpenAPI): {root}/docs\nPrometheus metrics:  {root}/metrics")
+    print(f"\nthe run's chart, in the console: {run_link(root, PROJECT, run_id)}")
+    print(f"API docs (OpenAPI): {root}/docs\nPrometheus metrics:  {root}/metrics")
     return 0
 
 
