@@ -308,7 +308,14 @@ class Execution:
     def _done(self) -> None:
         self.state.phase = "done"
         self._save()
-        for part in (self.folder.package, self.folder.data, self.folder.test_data, self.folder.artifacts):
+        split = self.folder.root / "split"  # a full pipeline's (agent/run_process.py's split_environment)
+        for part in (
+            self.folder.package,
+            self.folder.data,
+            self.folder.test_data,
+            self.folder.artifacts,
+            split,
+        ):
             if part is not None:
                 shutil.rmtree(part, ignore_errors=True)
         logger.info("run %s: done", self.run_id)

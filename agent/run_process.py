@@ -80,9 +80,25 @@ def run_environment(
             "TRAINYARD_PROCESSES": str(payload.processes),
         }
     )
-    if not payload.test_dataset and payload.pipeline_type is not PipelineType.FULL:
+    if payload.pipeline_type is PipelineType.FULL:
+        env.update(split_environment(folder, bool(payload.test_dataset)))
+    elif not payload.test_dataset:
         del env["test_data_directory"]
     return env
+
+
+def split_environment(folder: RunFolder, test_dataset: bool) -> dict[str, str]:
+    """A full pipeline's split (UiPath): `process_data` writes the training part into
+    `training_data_directory` and, without a test dataset, the test part into `test_data_directory`
+    (also named `evaluation_data_directory`, as UiPath's package guide calls it). Both are folders of
+    the run, outside its package, so the split never ships in the trained version."""
+    split = folder.root / "split"
+    test = str(folder.test_data) if test_dataset and folder.test_data else str(split / "test")
+    return {
+        "training_data_directory": str(split / "training"),
+        "test_data_directory": test,
+        "evaluation_data_directory": test,
+    }
 
 
 def _env_value(value: object) -> str:

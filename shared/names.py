@@ -41,6 +41,8 @@ RESERVED_PARAMETER_NAMES = frozenset(
     {
         "data_directory",
         "test_data_directory",
+        "training_data_directory",  # a full pipeline's split (docs/pipelines.md)
+        "evaluation_data_directory",
         "artifacts_directory",
         "save_training_data",
         "augmentation",

@@ -130,6 +130,51 @@ def _format(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
+# -- UiPath's full pipeline: `process_data` splits the input into these folders ----------------------
+
+
+def _split_directories(pipeline: str) -> dict[str, str]:
+    """The folders of a full pipeline's split, made now by the run's user so that `process_data` can
+    write them: `training_data_directory`, and `test_data_directory` (an empty folder, or the test
+    dataset the template names). The agent puts them in the run's folder, outside the package, so
+    the split never ships in the trained version (docs/pipelines.md)."""
+    if pipeline != "full":
+        return {}
+    found = {}
+    for name in ("training_data_directory", "test_data_directory"):
+        path = os.environ.get(name)
+        if path:
+            os.makedirs(path, exist_ok=True)
+            found[name] = path
+    return found
+
+
+def _has_files(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _split_argument(
+    method: str, argument: str, data_directory: str, split: dict[str, str], processed: bool
+) -> str:
+    """The folder `train` or `evaluate` gets in a full pipeline (else `argument` as it is).
+
+    `train`: what `process_data` wrote into `training_data_directory`, else the input dataset.
+    `evaluate`: `test_data_directory`: the test dataset, or the split `process_data` wrote there
+    (empty if it wrote none, as in UiPath); a package without `process_data` that names no test
+    dataset is evaluated on its input, as before."""
+    if method == "train" and "training_data_directory" in split:
+        training = split["training_data_directory"]
+        return training if _has_files(training) else data_directory
+    if method == "evaluate" and "test_data_directory" in split:
+        test = split["test_data_directory"]
+        return test if processed or _has_files(test) else data_directory
+    return argument
+
+
 def run_package(pipeline: str) -> dict[str, Any]:
     """Import and run the package in this process; return the outcome (never raises)."""
     stage_times: dict[str, float] = {}
@@ -139,6 +184,7 @@ def run_package(pipeline: str) -> dict[str, Any]:
             raise InvalidPackage(f"TRAINYARD_PIPELINE is {pipeline!r}, not one of {', '.join(PIPELINES)}")
         data_directory = os.environ.get("data_directory", "")  # noqa: SIM112 (UiPath's names)
         test_directory = os.environ.get("test_data_directory") or data_directory  # noqa: SIM112
+        split = _split_directories(pipeline)
         main = _import_main()
         if pipeline == "evaluation" and not callable(getattr(main, "evaluate", None)):
             raise InvalidPackage("the evaluation pipeline needs train.Main.evaluate, which it lacks")
@@ -163,6 +209,7 @@ def run_package(pipeline: str) -> dict[str, Any]:
             steps.append(("saving", "save", ""))
         for stage, method, argument in steps:
             report(stage=stage)
+            argument = _split_argument(method, argument, data_directory, split, "process_data" in stage_times)
             started = time.monotonic()
             try:
                 value = getattr(model, method)(argument) if method != "save" else model.save()

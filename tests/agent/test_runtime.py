@@ -371,6 +371,51 @@ def test_full_pipeline_processes_trains_evaluates_and_saves_a_score(tmp_path: Pa
     assert (folder / "processed").exists() and (folder / "model.pkl").exists()
 
 
+SPLITS = """
+import os
+
+
+class Main:
+    def process_data(self, input_directory):
+        with open(os.path.join(os.environ["training_data_directory"], "part"), "w") as f:
+            f.write("train")
+
+    def train(self, training_directory):
+        self.trained_on = training_directory
+
+    def evaluate(self, evaluation_directory):
+        return {"train": self.trained_on, "evaluate": evaluation_directory,
+                "files": sorted(os.listdir(evaluation_directory))}
+
+    def save(self):
+        pass
+"""
+
+
+def test_a_full_pipeline_hands_train_and_evaluate_the_split_process_data_wrote(tmp_path: Path) -> None:
+    """UiPath: train gets `training_data_directory`; evaluate gets `test_data_directory` even when
+    process_data left it empty (the split folders are made for it, by the run's own user)."""
+    folder = package(tmp_path, SPLITS)
+    training, test = tmp_path / "split" / "training", tmp_path / "split" / "test"
+    code, result = run(folder, "full", training_data_directory=str(training), test_data_directory=str(test))
+    assert code == 0, result.outcome
+    assert result.outcome["evaluation"] == {"train": str(training), "evaluate": str(test), "files": []}
+
+
+def test_a_full_pipeline_without_process_data_trains_and_evaluates_on_its_input(tmp_path: Path) -> None:
+    folder = package(tmp_path, SPLITS.replace("def process_data", "def _unused"))
+    split = tmp_path / "split"
+    code, result = run(
+        folder,
+        "full",
+        training_data_directory=str(split / "training"),
+        test_data_directory=str(split / "test"),
+    )
+    assert code == 0, result.outcome
+    data = str(tmp_path / "data")
+    assert result.outcome["evaluation"] == {"train": data, "evaluate": data, "files": []}
+
+
 def test_a_syntax_error_is_an_invalid_package(tmp_path: Path) -> None:
     folder = package(tmp_path, "class Main:\n    def train(self, d):\n        return )\n")
     code, result = run(folder)
