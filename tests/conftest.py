@@ -3,6 +3,8 @@
 The schema is built by the real migrations once per session (a template database on PostgreSQL, a
 file on SQLite) and copied per test, so tests are isolated even when they race requests on purpose.
 Set TRAINYARD_TEST_DATABASES=sqlite to run on one database only while developing; CI runs both.
+PostgreSQL is TRAINYARD_TEST_POSTGRES_URL's server, else the default address's, else a private server
+this session starts and removes (`pytest_configure` below, docs/testing.md).
 """
 
 import os
@@ -19,11 +21,39 @@ from httpx import ASGITransport, AsyncClient
 from api.core.config import Settings
 from api.core.migrate import upgrade
 from api.main import create_app
+from tests.private_postgres import PrivatePostgres, answers
 
 ADMIN_TOKEN = "bootstrap-token-for-tests-0123456789abcdef"
 SECRET_KEY = "secret-key-for-tests-0123456789abcdefghijkl"
-POSTGRES_URL = os.environ.get("TRAINYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# Final once pytest_configure ran, before any test module is imported (they import it by value).
+POSTGRES_URL = os.environ.get("TRAINYARD_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
 DATABASES = os.environ.get("TRAINYARD_TEST_DATABASES", "sqlite,postgresql").split(",")
+_private_postgres: PrivatePostgres | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With TRAINYARD_TEST_POSTGRES_URL unset and nothing answering at the default address, start a
+    PostgreSQL of the session's own, stopped and removed at the end. Its URL goes into the environment
+    too: the `trainyard-api` processes tests start are handed URLs built from it, and pytest-xdist's
+    workers (started after this hook, with the controller's environment) find it set and share it."""
+    global POSTGRES_URL, _private_postgres
+    if "postgresql" not in DATABASES or os.environ.get("TRAINYARD_TEST_POSTGRES_URL"):
+        return
+    if answers(DEFAULT_POSTGRES_URL):
+        return
+    _private_postgres = PrivatePostgres.start()
+    config.add_cleanup(_private_postgres.stop)
+    POSTGRES_URL = os.environ["TRAINYARD_TEST_POSTGRES_URL"] = _private_postgres.url
+    config.add_cleanup(lambda: os.environ.pop("TRAINYARD_TEST_POSTGRES_URL", None))
+
+
+def pytest_report_header() -> str:
+    if _private_postgres is not None:
+        return (
+            f"postgresql: a private server at {POSTGRES_URL} in {_private_postgres.root} (removed at the end)"
+        )
+    return f"postgresql: {POSTGRES_URL}"
 
 
 def _pg_admin_connect() -> psycopg.Connection:
