@@ -21,7 +21,6 @@ from api.agent_routes.router import router as agent_router
 from api.console.app import install_console
 from api.core.access_log import quiet_agent_access_lines
 from api.core.auth_first import install_auth_first
-from api.core.blobs import LocalBlobStore
 from api.core.config import Settings
 from api.core.db import create_engine, create_sessionmaker, pg_conninfo
 from api.core.errors import install_error_handlers
@@ -32,6 +31,7 @@ from api.core.notify import Notifier, PgNotifier
 from api.core.openapi import install_openapi
 from api.core.prometheus import RequestMetrics
 from api.core.prometheus import router as prometheus_router
+from api.core.s3blobs import blob_store
 from api.core.transport import Transport
 from api.datasets.router import router as datasets_router
 from api.health.router import router as health_router
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.notifier = notifier
         app.state.token_key = token_key
         app.state.login_gate = LoginGate(settings)
-        blobs = LocalBlobStore.in_data_dir(settings.data_dir)
+        blobs = blob_store(settings)  # the data dir's blobs, another folder, or S3 (docs/storage.md)
         blobs.cleanup_temp(older_than_seconds=STALE_UPLOAD_SECONDS)  # scratch files of a crashed process
         app.state.blobs = blobs
         await notifier.start()

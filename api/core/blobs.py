@@ -8,6 +8,11 @@ it lacks.
 `LocalBlobStore` keeps `<root>/sha256/<ab>/<cd>/<sha256>` and writes through `<root>/tmp` on the same
 filesystem, so a blob appears whole or not at all (fsync, then one `os.replace`). Nothing half-written
 is ever visible under a hash, and a failed or cut-off upload leaves no file behind.
+
+Both stores verify on reading: `open()` hashes what it streams and withholds the last chunk until the
+hash matches the name, so a blob changed behind the store's back (a disk error, a hand in the bucket)
+is never handed out whole: the reader gets `BlobCorrupt` instead of the end of it.
+`api/core/s3blobs.py` holds the S3-compatible store (docs/storage.md).
 """
 
 import hashlib
@@ -15,21 +20,22 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from contextlib import AbstractContextManager, aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
 import anyio.to_thread
 
-from api.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from api.core.config import BLOBS_FOLDER
+from api.core.errors import InvalidInput, NotFound, PayloadTooLarge, TrainyardError
 
-BLOBS_FOLDER = "blobs"
 # One thread hop per MiB: large enough that hopping costs nothing next to the I/O, small enough that
 # a read never holds much in memory.
 CHUNK_BYTES = 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HASH_ON_THREAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,95 @@ def check_sha256(value: str) -> str:
     return value
 
 
-def _not_found(sha256: str) -> NotFound:
+class BlobCorrupt(TrainyardError):
+    """A stored blob whose content no longer matches its name: the server's fault, never the reader's."""
+
+    status_code = 500
+
+    def __init__(self, sha256: str, actual: str) -> None:
+        super().__init__(f"the stored blob {sha256} reads as {actual}: refused", code="blob_corrupt")
+
+
+def blob_not_found(sha256: str) -> NotFound:
     return NotFound(f"no blob {sha256}", code="blob_not_found")
+
+
+async def verified(sha256: str, chunks: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """Pass `chunks` through, hashing them; the last chunk comes only once the hash matches `sha256`.
+
+    A large chunk is hashed on a worker thread (hashlib lets go of the GIL): about 0.5 ms a MiB that
+    the event loop would otherwise spend on every download."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    async with aclosing(chunks):  # a reader that stops early closes the store's stream at once
+        async for chunk in chunks:
+            if held is not None:
+                yield held
+            if len(chunk) >= _HASH_ON_THREAD_BYTES:
+                await anyio.to_thread.run_sync(digest.update, chunk)
+            else:
+                digest.update(chunk)
+            held = chunk
+    if digest.hexdigest() != sha256:
+        raise BlobCorrupt(sha256, digest.hexdigest())
+    if held is not None:
+        yield held
+
+
+async def spool(
+    chunks: AsyncIterable[bytes], temp_dir: Path, *, max_bytes: int, sync: bool
+) -> tuple[Path, str, int]:
+    """Write a stream to a new file in `temp_dir`, hashing it on the way: (file, sha256, size).
+
+    Refused with `upload_too_large` at the first byte past `max_bytes`; on any error or cancellation
+    the file is gone. `sync` makes the bytes durable before a rename puts them under their hash."""
+    if max_bytes < 0:
+        raise ValueError("max_bytes must not be negative")
+    handle, temp = await anyio.to_thread.run_sync(_create_temp, temp_dir)
+    digest = hashlib.sha256()
+    size = 0
+    pending = bytearray()  # small network chunks gathered so each thread hop writes about a MiB
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"the upload is larger than {max_bytes} bytes", code="upload_too_large")
+            pending += chunk
+            if len(pending) >= CHUNK_BYTES:
+                await anyio.to_thread.run_sync(_write_hashed, handle, digest, pending)
+                pending.clear()
+        await anyio.to_thread.run_sync(_seal, handle, digest, pending, sync)
+    except BaseException:
+        # Synchronous on purpose: under cancellation a further await could be cancelled too,
+        # and the temporary file must go whatever happened.
+        handle.close()
+        temp.unlink(missing_ok=True)
+        raise
+    return temp, digest.hexdigest(), size
+
+
+@contextmanager
+def scratch_file(temp_dir: Path) -> Iterator[Path]:
+    """`BlobStore.temp_file()` for a store whose scratch files live in `temp_dir`."""
+    descriptor, name = tempfile.mkstemp(dir=temp_dir, prefix="upload-", suffix=".part")
+    os.close(descriptor)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # already gone when put_file adopted it
+
+
+def remove_stale(temp_dir: Path, older_than_seconds: float) -> int:
+    """Remove scratch files a crash left in `temp_dir`; returns how many (see `cleanup_temp`)."""
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    with os.scandir(temp_dir) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 class BlobStore(Protocol):
@@ -64,7 +157,8 @@ class BlobStore(Protocol):
         ...
 
     async def open(self, sha256: str) -> AsyncIterator[bytes]:
-        """Raise `blob_not_found` now, or return the content as a stream of chunks."""
+        """Raise `blob_not_found` now, or return the content as a stream of chunks, verified: the stream
+        raises `BlobCorrupt` instead of yielding its last chunk when the content does not match."""
         ...
 
     async def exists(self, sha256: str) -> bool: ...
@@ -77,6 +171,13 @@ class BlobStore(Protocol):
 
     def temp_file(self) -> AbstractContextManager[Path]:
         """A scratch file that `put_file` can adopt cheaply; removed on exit unless adopted."""
+        ...
+
+    def cleanup_temp(self, older_than_seconds: float) -> int:
+        """Remove scratch files a crash left behind; returns how many. Run it at start-up.
+
+        Only files older than the threshold go, so uploads in flight in other API processes survive.
+        """
         ...
 
 
@@ -100,31 +201,8 @@ class LocalBlobStore(BlobStore):
         return self._blobs / sha256[:2] / sha256[2:4] / sha256
 
     async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredBlob:
-        if max_bytes < 0:
-            raise ValueError("max_bytes must not be negative")
-        handle, temp = await anyio.to_thread.run_sync(self._create_temp)
-        digest = hashlib.sha256()
-        size = 0
-        pending = bytearray()  # small network chunks gathered so each thread hop writes about a MiB
-        try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(
-                        f"the upload is larger than {max_bytes} bytes", code="upload_too_large"
-                    )
-                pending += chunk
-                if len(pending) >= CHUNK_BYTES:
-                    await anyio.to_thread.run_sync(_write_hashed, handle, digest, pending)
-                    pending.clear()
-            await anyio.to_thread.run_sync(_seal, handle, digest, pending)
-        except BaseException:
-            # Synchronous on purpose: under cancellation a further await could be cancelled too,
-            # and the temporary file must go whatever happened.
-            handle.close()
-            temp.unlink(missing_ok=True)
-            raise
-        return await anyio.to_thread.run_sync(self._adopt, temp, digest.hexdigest(), size)
+        temp, sha256, size = await spool(chunks, self.temp_dir, max_bytes=max_bytes, sync=True)
+        return await anyio.to_thread.run_sync(self._adopt, temp, sha256, size)
 
     async def put_file(self, path: Path) -> StoredBlob:
         if path.parent.resolve() != self.temp_dir.resolve():
@@ -135,8 +213,8 @@ class LocalBlobStore(BlobStore):
     async def open(self, sha256: str) -> AsyncIterator[bytes]:
         path = self.path_of(sha256)
         if not await anyio.to_thread.run_sync(path.is_file):
-            raise _not_found(sha256)
-        return self._stream(sha256, path)
+            raise blob_not_found(sha256)
+        return verified(sha256, self._stream(sha256, path))
 
     async def exists(self, sha256: str) -> bool:
         return await anyio.to_thread.run_sync(self.path_of(sha256).is_file)
@@ -146,50 +224,28 @@ class LocalBlobStore(BlobStore):
         try:
             return (await anyio.to_thread.run_sync(path.stat)).st_size
         except FileNotFoundError as error:
-            raise _not_found(sha256) from error
+            raise blob_not_found(sha256) from error
 
     async def delete(self, sha256: str) -> None:
         # The fan-out folders stay: removing one could race a concurrent put that just created it.
         await anyio.to_thread.run_sync(self.path_of(sha256).unlink, True)
 
-    @contextmanager
-    def temp_file(self) -> Iterator[Path]:
-        descriptor, name = tempfile.mkstemp(dir=self.temp_dir, prefix="upload-", suffix=".part")
-        os.close(descriptor)
-        path = Path(name)
-        try:
-            yield path
-        finally:
-            path.unlink(missing_ok=True)  # already gone when put_file adopted it
+    def temp_file(self) -> AbstractContextManager[Path]:
+        return scratch_file(self.temp_dir)
 
     def cleanup_temp(self, older_than_seconds: float) -> int:
-        """Remove temporary files a crash left behind; returns how many. Run it at start-up.
+        return remove_stale(self.temp_dir, older_than_seconds)
 
-        Only files older than the threshold go, so uploads in flight in other API processes survive.
-        """
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        with os.scandir(self.temp_dir) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
-        return removed
-
-    async def _stream(self, sha256: str, path: Path) -> AsyncIterator[bytes]:
+    async def _stream(self, sha256: str, path: Path) -> AsyncGenerator[bytes, None]:
         try:
             handle = await anyio.to_thread.run_sync(_open_for_reading, path)
         except FileNotFoundError as error:  # deleted between open() and the first read
-            raise _not_found(sha256) from error
+            raise blob_not_found(sha256) from error
         try:
             while chunk := await anyio.to_thread.run_sync(handle.read, CHUNK_BYTES):
                 yield chunk
         finally:
             handle.close()
-
-    def _create_temp(self) -> tuple[BinaryIO, Path]:
-        descriptor, name = tempfile.mkstemp(dir=self.temp_dir, prefix="put-", suffix=".part")
-        return os.fdopen(descriptor, "wb"), Path(name)
 
     def _put_file(self, path: Path) -> StoredBlob:
         digest = hashlib.sha256()
@@ -226,11 +282,17 @@ def _write_hashed(handle: BinaryIO, digest: "hashlib._Hash", data: bytearray) ->
     handle.write(data)
 
 
-def _seal(handle: BinaryIO, digest: "hashlib._Hash", rest: bytearray) -> None:
-    """Write the last bytes and sync them to disk before the file may be renamed into place."""
+def _create_temp(temp_dir: Path) -> tuple[BinaryIO, Path]:
+    descriptor, name = tempfile.mkstemp(dir=temp_dir, prefix="put-", suffix=".part")
+    return os.fdopen(descriptor, "wb"), Path(name)
+
+
+def _seal(handle: BinaryIO, digest: "hashlib._Hash", rest: bytearray, sync: bool) -> None:
+    """Write the last bytes and, for a file about to be renamed into place, sync them to disk."""
     _write_hashed(handle, digest, rest)
     handle.flush()
-    os.fsync(handle.fileno())
+    if sync:
+        os.fsync(handle.fileno())
     handle.close()
 
 

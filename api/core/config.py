@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.archive import ArchiveLimits
 
 SECRET_KEY_FILE = "secret_key"
+BLOBS_FOLDER = "blobs"
+S3_SCHEME = "s3://"
 MIN_BOOTSTRAP_TOKEN_LENGTH = 32
 
 
@@ -22,6 +24,16 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("data"), description="Where the SQLite file, secrets and blobs live.")
     database_url: str | None = Field(default=None, description="Default: an SQLite file in the data dir.")
+    # The blob store (docs/storage.md). On S3 the credentials and region come from the standard
+    # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION, read by the S3 client itself: the one
+    # exception to "nothing else reads the environment", so that every AWS tool's way of handing them
+    # over keeps working and no secret is copied into this object.
+    blob_store: str | None = Field(
+        default=None, description="A folder, or s3://bucket/prefix. Default: the data dir's blobs."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible server other than AWS (http or https)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     bootstrap_token: SecretStr | None = None
@@ -75,6 +87,24 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters")
         return value
 
+    @field_validator("blob_store")
+    @classmethod
+    def _blob_store_well_formed(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(S3_SCHEME):
+            bucket = value.removeprefix(S3_SCHEME).partition("/")[0]
+            if not bucket:
+                raise ValueError("an S3 blob store reads s3://bucket or s3://bucket/prefix")
+        elif value is not None and "://" in value:
+            raise ValueError("a folder or s3://bucket/prefix")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("an http:// or https:// URL")
+        return value
+
     @model_validator(mode="after")
     def _check_combination(self) -> Self:
         if self.lost_after <= self.offline_after:
@@ -90,6 +120,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+
+    @property
+    def s3_bucket_and_prefix(self) -> tuple[str, str] | None:
+        """The bucket and key prefix when the blob store is S3, else None."""
+        if self.blob_store is None or not self.blob_store.startswith(S3_SCHEME):
+            return None
+        bucket, _, prefix = self.blob_store.removeprefix(S3_SCHEME).partition("/")
+        return bucket, prefix.strip("/")
+
+    @property
+    def blob_folder(self) -> Path:
+        """The local blob store's folder; an S3 store keeps its scratch files here too."""
+        if self.blob_store is None or self.s3_bucket_and_prefix is not None:
+            return self.data_dir / BLOBS_FOLDER
+        return Path(self.blob_store)
 
     def archive_limits(self) -> ArchiveLimits:
         return ArchiveLimits(

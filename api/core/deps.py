@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.core.blobs import LocalBlobStore
+from api.core.blobs import BlobStore
 from api.core.config import Settings
 from api.core.notify import Notifier
 
@@ -26,12 +26,12 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TokenKeyDep = Annotated[bytes, Depends(get_token_key)]
 
 
-async def get_blobs(request: Request) -> LocalBlobStore:
-    blobs: LocalBlobStore = request.app.state.blobs
+async def get_blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
     return blobs
 
 
-BlobsDep = Annotated[LocalBlobStore, Depends(get_blobs)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 
 
 async def get_notifier(request: Request) -> Notifier:

@@ -15,7 +15,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.core.blobs import LocalBlobStore
+from api.core.blobs import BlobStore
 from api.core.errors import InvalidInput, PayloadTooLarge
 from shared.archive import ArchiveError
 
@@ -41,7 +41,7 @@ class Upload:
 
 
 class _Receiver:
-    def __init__(self, store: LocalBlobStore, stack: ExitStack, max_bytes: int, max_files: int) -> None:
+    def __init__(self, store: BlobStore, stack: ExitStack, max_bytes: int, max_files: int) -> None:
         self.store, self.stack = store, stack
         self.max_bytes, self.max_files = max_bytes, max_files
         self.upload = Upload()
@@ -133,7 +133,7 @@ class _Receiver:
 
 @asynccontextmanager
 async def receive_multipart(
-    request: Request, store: LocalBlobStore, *, max_bytes: int, max_files: int = 1
+    request: Request, store: BlobStore, *, max_bytes: int, max_files: int = 1
 ) -> AsyncIterator[Upload]:
     """Receive a `multipart/form-data` request into scratch files; they are removed when the block
     exits, unless `store.put_file()` adopted them."""
@@ -168,7 +168,7 @@ def archive_refused(error: ArchiveError) -> InvalidInput:
 
 
 @asynccontextmanager
-async def receive_body(request: Request, store: LocalBlobStore, *, max_bytes: int) -> AsyncIterator[Path]:
+async def receive_body(request: Request, store: BlobStore, *, max_bytes: int) -> AsyncIterator[Path]:
     """Receive a raw request body (PUT of one file) into a scratch file, removed on exit unless adopted."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:

@@ -1,0 +1,207 @@
+"""The blob store on an S3-compatible server (AWS S3, SeaweedFS, MinIO, Ceph RGW, R2...).
+
+The same contract as `LocalBlobStore` (api/core/blobs.py): a blob lives under
+`<prefix>/sha256/<ab>/<cd>/<sha256>`, is written once and read verified.
+
+An upload is hashed while it is written to a scratch file on the API's disk, then sent under its final
+key: the key is a hash, so it is known only once the last byte arrived, and this way nothing but a
+complete, checked blob ever reaches the bucket (no temporary object, no server-side copy, which S3
+caps at 5 GiB, no orphan to collect after a crash). Multipart uploads take the place of the uploads
+that the archive checks already hold in a scratch file anyway; the file goes as soon as it is sent.
+A blob of one part is written with `If-None-Match: *`, so an existing object is never touched; a
+larger one is sent only when a HEAD found no object, and a race of two identical uploads ends with the
+same bytes under the key whichever completes last (as the local store's rename does).
+
+The client is obstore (the Rust `object_store` crate): native asyncio, streams in and out without
+holding an object in memory, multipart and presigning built in; docs/storage.md says why it was taken.
+"""
+
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import anyio.to_thread
+import obstore
+from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.store import S3Store
+
+from api.core.blobs import (
+    CHUNK_BYTES,
+    BlobStore,
+    LocalBlobStore,
+    StoredBlob,
+    blob_not_found,
+    check_sha256,
+    remove_stale,
+    scratch_file,
+    spool,
+    verified,
+)
+from api.core.config import Settings
+from api.core.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from obstore import GetResult  # in the type stubs only
+
+# A multipart upload keeps at most PART_BYTES x PARTS_IN_FLIGHT of one file in memory (32 MiB); S3's
+# 10,000 parts then allow an object of 80 GiB, past any upload limit of the API.
+PART_BYTES = 8 * 1024 * 1024
+PARTS_IN_FLIGHT = 4
+# Past these, a request fails instead of hanging the upload or download that waits on it.
+_RETRIES = 4
+_RETRY_TIMEOUT = timedelta(seconds=60)
+_CONNECT_TIMEOUT = timedelta(seconds=10)
+
+
+class S3BlobStore(BlobStore):
+    def __init__(self, store: S3Store, temp_dir: Path) -> None:
+        self.store = store
+        self.temp_dir = temp_dir
+        temp_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        location = settings.s3_bucket_and_prefix
+        if location is None:
+            raise ValueError("TRAINYARD_BLOB_STORE is not an s3:// URL")
+        bucket, prefix = location
+        endpoint = settings.s3_endpoint_url
+        store = S3Store(
+            bucket,
+            prefix=prefix or None,
+            # Credentials and region: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, read by the
+            # client from the environment (docs/storage.md).
+            endpoint=endpoint,
+            client_options={
+                "allow_http": endpoint is not None and endpoint.startswith("http://"),
+                "connect_timeout": _CONNECT_TIMEOUT,
+            },
+            retry_config={"max_retries": _RETRIES, "retry_timeout": _RETRY_TIMEOUT},
+        )
+        return cls(store, settings.blob_folder / "tmp")
+
+    @staticmethod
+    def key_of(sha256: str) -> str:
+        """The object's key under the store's prefix; two levels of fan-out, as on disk."""
+        check_sha256(sha256)
+        return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredBlob:
+        # No fsync: the scratch file lives only until it is sent, and a crash loses the upload anyway.
+        temp, sha256, size = await spool(chunks, self.temp_dir, max_bytes=max_bytes, sync=False)
+        try:
+            return await self._send(temp, sha256, size)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    async def put_file(self, path: Path) -> StoredBlob:
+        if path.parent.resolve() != self.temp_dir.resolve():
+            raise ValueError(f"{path} was not made by temp_file()")
+        try:
+            sha256, size = await anyio.to_thread.run_sync(_hash_file, path)
+            return await self._send(path, sha256, size)
+        finally:
+            # Synchronous on purpose, as in `spool`: under cancellation an await could be cancelled too.
+            path.unlink(missing_ok=True)  # noqa: ASYNC240
+
+    async def open(self, sha256: str) -> AsyncIterator[bytes]:
+        key = self.key_of(sha256)
+        with _unavailable_on_failure():
+            try:
+                result = await obstore.get_async(self.store, key)
+            except FileNotFoundError as error:
+                raise blob_not_found(sha256) from error
+        return verified(sha256, _chunks(result))
+
+    async def exists(self, sha256: str) -> bool:
+        return await self._head_size(self.key_of(sha256)) is not None
+
+    async def size(self, sha256: str) -> int:
+        size = await self._head_size(self.key_of(sha256))
+        if size is None:
+            raise blob_not_found(sha256)
+        return size
+
+    async def delete(self, sha256: str) -> None:
+        key = self.key_of(sha256)
+        with _unavailable_on_failure():
+            await obstore.delete_async(self.store, key)  # S3 answers 204 for a key that is not there
+
+    def temp_file(self) -> AbstractContextManager[Path]:
+        return scratch_file(self.temp_dir)
+
+    def cleanup_temp(self, older_than_seconds: float) -> int:
+        return remove_stale(self.temp_dir, older_than_seconds)
+
+    async def _head_size(self, key: str) -> int | None:
+        with _unavailable_on_failure():
+            try:
+                meta = await obstore.head_async(self.store, key)
+            except FileNotFoundError:
+                return None
+        return meta["size"]
+
+    async def _send(self, path: Path, sha256: str, size: int) -> StoredBlob:
+        key = self.key_of(sha256)
+        with _unavailable_on_failure():
+            if size <= PART_BYTES:
+                # One request, conditional: an object already under the key is never overwritten.
+                try:
+                    await obstore.put_async(self.store, key, path, mode="create", use_multipart=False)
+                except AlreadyExistsError:
+                    return StoredBlob(sha256, size, created=False)
+                return StoredBlob(sha256, size, created=True)
+            if await self._head_size(key) is not None:
+                return StoredBlob(sha256, size, created=False)
+            # S3 applies no condition to a multipart upload's parts; the object appears whole at
+            # completion, and a failed upload is aborted by the client (a bucket lifecycle rule
+            # catches the ones a crash leaves: docs/storage.md).
+            await obstore.put_async(
+                self.store,
+                key,
+                path,
+                use_multipart=True,
+                chunk_size=PART_BYTES,
+                max_concurrency=PARTS_IN_FLIGHT,
+            )
+        return StoredBlob(sha256, size, created=True)
+
+
+async def _chunks(result: "GetResult") -> AsyncGenerator[bytes, None]:
+    with _unavailable_on_failure():
+        async for chunk in result.stream(min_chunk_size=CHUNK_BYTES):
+            yield bytes(chunk)
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    """The store's own failures (refused credentials, an unreachable server once retries ran out) as
+    503 `blob_store_unavailable`: the server's trouble, said plainly, never a bare 500."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (BaseError, OSError) as error:
+        raise ServiceUnavailable(
+            f"the blob store failed: {type(error).__name__}", code="blob_store_unavailable"
+        ) from error
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The store `TRAINYARD_BLOB_STORE` names: S3 for an s3:// URL, else a local folder."""
+    if settings.s3_bucket_and_prefix is not None:
+        return S3BlobStore.from_settings(settings)
+    return LocalBlobStore(settings.blob_folder)
