@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from contextlib import AbstractContextManager, aclosing, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
@@ -173,6 +174,11 @@ class BlobStore(Protocol):
         """A scratch file that `put_file` can adopt cheaply; removed on exit unless adopted."""
         ...
 
+    async def url_for(self, sha256: str, expires: timedelta) -> str | None:
+        """A URL that reads this one blob without the API, valid for `expires`; None when the store
+        has no such thing (the local folder). Nothing is checked: the blob may not exist."""
+        ...
+
     def cleanup_temp(self, older_than_seconds: float) -> int:
         """Remove scratch files a crash left behind; returns how many. Run it at start-up.
 
@@ -229,6 +235,10 @@ class LocalBlobStore(BlobStore):
     async def delete(self, sha256: str) -> None:
         # The fan-out folders stay: removing one could race a concurrent put that just created it.
         await anyio.to_thread.run_sync(self.path_of(sha256).unlink, True)
+
+    async def url_for(self, sha256: str, expires: timedelta) -> None:
+        check_sha256(sha256)
+        return None  # a folder has no URL of its own: the API serves it
 
     def temp_file(self) -> AbstractContextManager[Path]:
         return scratch_file(self.temp_dir)

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 # 10,000 parts then allow an object of 80 GiB, past any upload limit of the API.
 PART_BYTES = 8 * 1024 * 1024
 PARTS_IN_FLIGHT = 4
+# SigV4's bounds on a presigned URL's life.
+MIN_URL_LIFETIME = timedelta(seconds=1)
+MAX_URL_LIFETIME = timedelta(days=7)
 # Past these, a request fails instead of hanging the upload or download that waits on it.
 _RETRIES = 4
 _RETRY_TIMEOUT = timedelta(seconds=60)
@@ -129,6 +132,13 @@ class S3BlobStore(BlobStore):
         key = self.key_of(sha256)
         with _unavailable_on_failure():
             await obstore.delete_async(self.store, key)  # S3 answers 204 for a key that is not there
+
+    async def url_for(self, sha256: str, expires: timedelta) -> str:
+        """A presigned GET of this one object (SigV4, signed here: no request to S3). S3 refuses it
+        once `expires` has passed, for any other key, and for any other method."""
+        if not MIN_URL_LIFETIME <= expires <= MAX_URL_LIFETIME:
+            raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
+        return await obstore.sign_async(self.store, "GET", self.key_of(sha256), expires)
 
     def temp_file(self) -> AbstractContextManager[Path]:
         return scratch_file(self.temp_dir)
