@@ -29,11 +29,17 @@ from typing import Any
 from agent.client import ApiError, ApiRejected
 from agent.environments import EnvironmentBuildFailed, python_for
 from agent.machine import Machine
-from agent.run_outputs import upload_outputs
-from agent.run_process import LaunchImpossible, RunProcess, process_start_time, run_environment
+from agent.run_outputs import upload_artifacts, upload_outputs
+from agent.run_process import (
+    LaunchImpossible,
+    RunProcess,
+    process_start_time,
+    run_environment,
+    write_stop_reason,
+)
 from agent.run_state import RunState
 from agent.workdir import RunFolder, disk_full, prepare_run, run_folder
-from shared.enums import ReasonCode
+from shared.enums import PipelineType, ReasonCode
 from shared.protocol import (
     ERROR_TAIL_MAX_CHARS,
     ExitedEvent,
@@ -86,6 +92,9 @@ class Execution:
         if first:
             self.state.stop_reason = reason.value
             self._save()
+            if reason is ReasonCode.MAX_DURATION and self.folder.root.is_dir():
+                # Before the SIGTERM: the runner reads it to finish and save instead of ending now.
+                write_stop_reason(self.folder, reason.value, self.process.owner)
         self.process.signal(signal.SIGTERM)
 
     # -- the life ----------------------------------------------------------------------------------
@@ -251,8 +260,19 @@ class Execution:
 
     # -- exited -> done ----------------------------------------------------------------------------
 
+    def cut_short_and_saved(self) -> bool:
+        """Whether the run was stopped at its maximum duration and its package saved what it had
+        trained (the runner's outcome says `cut_short`): its outputs are kept as for a success."""
+        outcome = self.state.outcome or {}
+        return (
+            self.state.stop_reason == ReasonCode.MAX_DURATION.value
+            and outcome.get("cut_short") == ReasonCode.MAX_DURATION.value
+            and self.payload.pipeline_type is not PipelineType.EVALUATION
+        )
+
     def exited_event(self) -> tuple[ExitedEvent, bool]:
-        """The `exited` fact, and whether the run succeeded (its outputs are to be uploaded)."""
+        """The `exited` fact, and whether its outputs are to be uploaded: the run succeeded, or was
+        cut short by its maximum duration and saved."""
         state, outcome = self.state, self.state.outcome or {}
         succeeded = outcome.get("status") == "succeeded" and state.exit_signal is None
         code = state.exit_code
@@ -272,14 +292,16 @@ class Execution:
             detail = self.process.stderr_tail() or "the run ended without an outcome or any output on stderr"
         if not succeeded and (full := disk_full(self.folder.root)) is not None:
             detail = f"{detail}\n{full}"
+        kept = succeeded and self.cut_short_and_saved()
         event = ExitedEvent(
             type="exited",
             exit_code=code,
             signal=state.exit_signal,
             error_tail=detail[-ERROR_TAIL_MAX_CHARS:],
             reason_code=reason,
+            saved=kept,
         )
-        return event, succeeded and not self.stop_requested.is_set()
+        return event, succeeded and (kept or not self.stop_requested.is_set())
 
     async def _conclude(self) -> None:
         event, upload = self.exited_event()
@@ -295,10 +317,19 @@ class Execution:
                     error_tail=refused[-ERROR_TAIL_MAX_CHARS:],
                 )
                 upload = False
+        else:
+            await self._keep_artifacts()
         await self._report(event)
         if upload:
             await self._report(FinishedEvent(type="finished"))
         self._done()
+
+    async def _keep_artifacts(self) -> None:
+        """A failed or stopped run's artifacts, uploaded before its `exited` so that people debug it
+        from them; a refusal or an unreadable file loses only that, never the run's end."""
+        refused = await upload_artifacts(self.machine.client, self.run_id, self.folder)
+        if refused is not None:
+            logger.warning("run %s: its artifacts were not all kept: %s", self.run_id, refused)
 
     async def _end_unlaunched(self, reason: ReasonCode | None, detail: str) -> None:
         """The run never launched: report an exit without a code (the API decides stopped or failed)."""

@@ -1,6 +1,6 @@
 """What a successful run leaves to the API: its package folder (zipped, as the next version), its
-artifacts, its data snapshot and its evaluation. Each upload is idempotent on the API's side, so an
-agent restarted halfway through uploads them all again."""
+artifacts, its data snapshot and its evaluation; a failed or stopped run leaves its artifacts. Each
+upload is idempotent on the API's side, so an agent restarted halfway through uploads them all again."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ async def upload_outputs(
         return f"an output of the run was refused by the API: {error}"
     except OSError as error:
         return f"the run's outputs could not be read: {error}"
+    return None
+
+
+async def upload_artifacts(client: ApiClient, run_id: uuid.UUID, folder: RunFolder) -> str | None:
+    """The artifacts alone, of a run that failed or was stopped; the reason when one was not kept."""
+    try:
+        for relative, path in await asyncio.to_thread(artifact_files, folder.artifacts):
+            await client.upload_artifact(run_id, relative, path)
+    except ApiRejected as error:
+        return f"an artifact of the run was refused by the API: {error}"
+    except OSError as error:
+        return f"the run's artifacts could not be read: {error}"
     return None
 
 

@@ -78,6 +78,7 @@ def run_environment(
             "TRAINYARD_STDERR_LOG": str(folder.stderr),
             "TRAINYARD_STOP_GRACE": str(stop_grace),
             "TRAINYARD_PROCESSES": str(payload.processes),
+            "TRAINYARD_STOP_REASON_FILE": str(stop_reason_file(folder)),
         }
     )
     if payload.pipeline_type is PipelineType.FULL:
@@ -99,6 +100,29 @@ def split_environment(folder: RunFolder, test_dataset: bool) -> dict[str, str]:
         "test_data_directory": test,
         "evaluation_data_directory": test,
     }
+
+
+def stop_reason_file(folder: RunFolder) -> Path:
+    """Where the agent writes why it stops the run, before the SIGTERM: the runner reads it to tell a
+    stop at the maximum duration (finish and save) from any other (end now)."""
+    return folder.root / "stop-reason"
+
+
+def write_stop_reason(folder: RunFolder, reason: str, owner: tuple[int, int] | None) -> None:
+    """The stop's reason for the runner, written atomically (the package's own files are beside it)."""
+    path = stop_reason_file(folder)
+    temporary = path.with_name(f".stop-reason.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            if owner is not None:
+                os.fchown(file.fileno(), *owner)
+            file.write(reason + "\n")
+        os.replace(temporary, path)
+    except OSError as error:  # the stop goes on as a plain stop: nothing is kept
+        logger.warning("the stop's reason could not be written to %s: %s", path, error)
 
 
 def _env_value(value: object) -> str:

@@ -121,6 +121,11 @@ class ExitedEvent(AgentRequest):
     reason_code: ReasonCode | None = Field(
         default=None, description="Set when the agent ended the run itself (e.g. `max_duration`)."
     )
+    saved: bool = Field(
+        default=False,
+        description="The run was stopped at its maximum duration and its package saved what it had "
+        "trained: its outputs are uploaded and `finished` follows, which keeps them as its version.",
+    )
 
 
 class FinishedEvent(AgentRequest):

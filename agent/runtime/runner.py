@@ -13,6 +13,11 @@ The child puts the package folder first on `sys.path`, calls `Main().process_dat
 save` as the pipeline asks, and writes the outcome (JSON, atomically) to `TRAINYARD_OUTCOME`, so the
 agent learns it even if it restarted meanwhile. Exit code 0 on success, 1 on failure.
 
+A SIGTERM whose reason (the file `TRAINYARD_STOP_REASON_FILE` names, written by the agent first) is
+`max_duration` asks the package to finish instead (`StopAtLimit`): `trainyard.should_stop()` turns
+true, `train()` returns (or, in a package that never checks, is interrupted), and `save()` runs, so
+the model is kept, its outcome marked `cut_short`. Any other SIGTERM ends the child as it always did.
+
 With `TRAINYARD_STDOUT_LOG` and `TRAINYARD_STDERR_LOG` set, the training processes' stdout and stderr
 are pipes the supervisor reads into those files, bounded (`BoundedLog`): each line stamped with the
 UTC time it was read, bytes that are not UTF-8 kept as `\\xNN`, the first bytes kept whole, then at most
@@ -194,6 +199,8 @@ def run_package(pipeline: str) -> dict[str, Any]:
         return _outcome("failed", "exception", _format(error))
 
     result: object = None
+    limit = StopAtLimit()
+    limit.install()
     try:
         model = main()
         steps: list[tuple[str, str, str]] = []  # (stage, method, argument)
@@ -208,18 +215,95 @@ def run_package(pipeline: str) -> dict[str, Any]:
         if lead and pipeline in ("training", "full"):
             steps.append(("saving", "save", ""))
         for stage, method, argument in steps:
+            if limit.skips(stage):
+                continue
             report(stage=stage)
             argument = _split_argument(method, argument, data_directory, split, "process_data" in stage_times)
             started = time.monotonic()
             try:
-                value = getattr(model, method)(argument) if method != "save" else model.save()
+                value = limit.call(stage, getattr(model, method), argument)
             finally:
                 stage_times[stage] = round(time.monotonic() - started, 6)
             if method == "evaluate":
                 result = value
     except BaseException as error:
         return _outcome("failed", "exception", _format(error), stage_times=stage_times)
-    return _outcome("succeeded", "completed", evaluation=_evaluation(result), stage_times=stage_times)
+    succeeded = _outcome("succeeded", "completed", evaluation=_evaluation(result), stage_times=stage_times)
+    return limit.outcome(succeeded)
+
+
+# -- a stop at the maximum duration ------------------------------------------------------------------
+
+STOP_REASON_ENV = "TRAINYARD_STOP_REASON_FILE"
+MAX_DURATION = "max_duration"
+
+
+class CutShort(BaseException):
+    """Raised in `train()` of a package that never calls `trainyard.should_stop()`, at a stop for the
+    maximum duration: training ends there and the model is saved as it is (a BaseException, so a
+    package's `except Exception` does not swallow it)."""
+
+
+class StopAtLimit:
+    """What a SIGTERM does to the package's process. Its reason `max_duration`: `should_stop()` turns
+    true and, in `train()` of a package that never checked it, `CutShort` is raised; then only the
+    save of what was trained is left. Any other reason (a person's stop): SIGTERM's default, as before."""
+
+    def __init__(self) -> None:
+        self.asked = False  # the run was asked to finish at its maximum duration
+        self.training = False  # `train()` is running now
+        self.trained = False  # `train()` returned, or was cut short
+
+    def install(self) -> None:
+        if os.environ.get(STOP_REASON_ENV):
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _reason(self) -> str:
+        try:
+            with open(os.environ.get(STOP_REASON_ENV) or "", encoding="utf-8") as file:
+                return file.read(64).strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self._reason() != MAX_DURATION:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if self.asked:
+            return
+        self.asked = True
+        checks = importlib.import_module("trainyard")._ask_to_stop()
+        if self.training and not checks:
+            raise CutShort
+
+    def skips(self, stage: str) -> bool:
+        """Asked to finish: every stage but the save of a trained model is skipped."""
+        return self.asked and not (stage == "saving" and self.trained)
+
+    def call(self, stage: str, method: Callable[..., object], argument: str) -> object:
+        if stage == "saving":
+            return method()
+        if stage != "training":
+            return method(argument)
+        self.training = True
+        try:
+            try:
+                return method(argument)
+            finally:
+                self.training = False  # a CutShort raised before this line is still caught below
+        except CutShort:
+            return None
+        finally:
+            self.trained = True
+
+    def outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """The outcome of a run asked to finish: kept and marked `cut_short` once trained and saved."""
+        if not self.asked:
+            return outcome
+        if not self.trained:
+            return _outcome("failed", MAX_DURATION, "the maximum duration came before training began")
+        return {**outcome, "cut_short": MAX_DURATION}
 
 
 def child_main() -> int:

@@ -30,6 +30,9 @@ from shared.protocol import DatasetManifest, OutputReply, SnapshotUpload
 
 router = APIRouter(prefix="/agent/runs/{run_id}", tags=["agent"], responses=error_responses(401, 403, 404))
 _RECEIVING = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+# A failed or stopped run's artifacts are kept too, whenever they come (a run ended `lost` while its
+# agent was away): people debug it from them. Nothing else of an ended run is taken.
+_RECEIVING_ARTIFACTS = _RECEIVING | {RunStatus.FAILED, RunStatus.STOPPED}
 _MAX_EVALUATION_KEYS = 10_000
 
 
@@ -37,17 +40,17 @@ async def _run(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) ->
     return await machine_run(session, agent.machine_id, run_id)
 
 
-async def _receiving(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) -> Run:
+async def _receiving(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID, kind: str = "") -> Run:
     run = await _run(session, agent, run_id)
-    if RunStatus(run.status) not in _RECEIVING:
+    if RunStatus(run.status) not in (_RECEIVING_ARTIFACTS if kind == outputs.ARTIFACT else _RECEIVING):
         raise Conflict(f"run {run.id} is {run.status}: it takes no outputs", code="run_not_receiving")
     return run
 
 
-async def _before_body(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID) -> None:
+async def _before_body(session: AsyncSession, agent: CurrentAgent, run_id: uuid.UUID, kind: str = "") -> None:
     """Refuse before the body is read when the run takes no outputs; then hold no connection while it
     streams in (on SQLite the API's one connection would stall every other request meanwhile)."""
-    await _receiving(session, agent, run_id)
+    await _receiving(session, agent, run_id, kind)
     await commit_early(session, "an output's body streams in next: an upload holds no connection")
 
 
@@ -62,7 +65,7 @@ async def _keep_stored(
 ) -> None:
     """The output whose body is stored, recorded if the run still takes outputs (it may have ended
     while the body streamed in)."""
-    run = await _receiving(session, agent, run_id)
+    run = await _receiving(session, agent, run_id, kind)
     await record_blobs(session, [(stored.sha256, stored.size)])
     await outputs.put_output(session, run, kind, path, stored=stored, document=document)
 
@@ -170,7 +173,7 @@ async def upload_artifact(
         relative = normalize_relative_path(path)
     except InvalidName as error:
         raise InvalidInput(f"artifact path {error}", code="invalid_path", field="path") from None
-    await _before_body(session, agent, run_id)
+    await _before_body(session, agent, run_id, outputs.ARTIFACT)
     stored = await blobs.put(request.stream(), max_bytes=settings.max_package_bytes)
     await _keep_stored(session, agent, run_id, outputs.ARTIFACT, stored, relative)
     return OutputReply(kind=outputs.ARTIFACT, path=relative, sha256=stored.sha256, size=stored.size)

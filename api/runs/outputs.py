@@ -105,8 +105,10 @@ async def missing_outputs(session: AsyncSession, run: Run) -> str | None:
     return None
 
 
-async def commit_outputs(session: AsyncSession, run: Run) -> None:
-    """Allocate the trained version (not for evaluations) and write `_results.json` on the run."""
+async def commit_outputs(session: AsyncSession, run: Run, cut_short: str | None = None) -> None:
+    """Allocate the trained version (not for evaluations) and write `_results.json` on the run.
+    `cut_short` (`max_duration`) marks a version saved when the run's maximum duration stopped it:
+    `cut_short` in its lineage and in `_results.json`'s `run_summary`."""
     new_version: PackageVersion | None = None
     base = (
         None if run.package_version_id is None else await session.get(PackageVersion, run.package_version_id)
@@ -121,9 +123,11 @@ async def commit_outputs(session: AsyncSession, run: Run) -> None:
             StoredBlob(output.sha256, output.size, created=False),
             info,
             run.id,
-            await _lineage(session, run, base),
+            await _lineage(session, run, base, cut_short),
         )
     results = await _results(session, run, base, new_version)
+    if cut_short is not None:
+        results["run_summary"]["cut_short"] = cut_short
     await session.execute(
         update(Run)
         .where(Run.id == run.id)
@@ -176,10 +180,14 @@ async def _dataset_record(
     }
 
 
-async def _lineage(session: AsyncSession, run: Run, base: PackageVersion) -> dict[str, Any]:
+async def _lineage(
+    session: AsyncSession, run: Run, base: PackageVersion, cut_short: str | None
+) -> dict[str, Any]:
     config = run.config
     snapshot = await _output(session, run, SNAPSHOT)
+    marks = {} if cut_short is None else {"cut_short": cut_short}
     return {
+        **marks,
         "parent_version": str(Version(base.major, base.minor)),
         "run_id": str(run.id),
         "run_number": run.number,

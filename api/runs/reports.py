@@ -87,6 +87,24 @@ async def _exited(
         if status not in ACTIVE_RUN_STATUSES:
             return
         as_read = frozenset({status})
+        if _kept_at_limit(run, event):
+            # Cut short by its maximum duration and saved: `stopping` until `finished` keeps the outputs.
+            if status is RunStatus.STOPPING:
+                await _set(session, run, **exit_values)
+                return
+            if await transition(
+                session,
+                run,
+                RunStatus.STOPPING,
+                actor,
+                reason=ReasonCode.MAX_DURATION.value,
+                only_from=as_read,
+                reason_code=ReasonCode.MAX_DURATION.value,
+                stop_requested_at=utcnow(),
+                **exit_values,
+            ):
+                return
+            continue
         if status is RunStatus.STOPPING or event.reason_code is ReasonCode.MAX_DURATION:
             to = RunStatus.STOPPED
             reason = (
@@ -110,12 +128,42 @@ async def _exited(
             return
 
 
+def _kept_at_limit(run: Run, event: ExitedEvent) -> bool:
+    """The agent stopped the run at its maximum duration and the package saved: its outputs follow.
+    A run a person stopped first keeps nothing."""
+    return (
+        event.saved
+        and event.reason_code is ReasonCode.MAX_DURATION
+        and event.exit_code == 0
+        and event.signal is None
+        and (
+            run.status == RunStatus.RUNNING
+            or (run.status == RunStatus.STOPPING and run.reason_code == ReasonCode.MAX_DURATION.value)
+        )
+    )
+
+
 async def _finished(session: AsyncSession, notifier: Notifier, run: Run, actor: Actor) -> None:
     for _ in range(_DECISIONS):
         status = RunStatus(run.status)
         as_read = frozenset({status})
         detail = ""
-        if status is RunStatus.STOPPING:
+        if (
+            status is RunStatus.STOPPING
+            and run.reason_code == ReasonCode.MAX_DURATION.value
+            and run.exit_code == 0
+        ):
+            # Cut short by its maximum duration, saved: `stopped`, and its outputs kept as a version
+            # marked so, in the one transaction (docs/runs-cut-short.md).
+            to, reason = RunStatus.STOPPED, ReasonCode.MAX_DURATION
+            missing = await outputs.missing_outputs(session, run)
+            if missing is None:
+                if await end_run(session, notifier, run, to, actor, reason, only_from=as_read):
+                    await outputs.commit_outputs(session, run, cut_short=reason.value)
+                    return
+                continue
+            detail = f"nothing was kept: {missing}"
+        elif status is RunStatus.STOPPING:
             to, reason = RunStatus.STOPPED, ReasonCode(run.reason_code or ReasonCode.USER_STOP)
         elif status is RunStatus.RUNNING and run.exit_code == 0:
             missing = await outputs.missing_outputs(session, run)

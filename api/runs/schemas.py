@@ -63,6 +63,11 @@ class ResultsSummary(_ResultsPart):
     start_at: int | None = Field(default=None, description="Unix time of the launch.")
     end_at: int | None = Field(default=None, description="Unix time of the end.")
     outputs: ResultsOutputs = Field(default_factory=ResultsOutputs)
+    cut_short: str | None = Field(
+        default=None,
+        description="`max_duration` when the run's maximum duration stopped it and the model was kept "
+        "as it was then (the run ended `stopped`); absent otherwise.",
+    )
 
 
 class RunResults(_ResultsPart):

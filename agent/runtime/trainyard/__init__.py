@@ -11,6 +11,10 @@ floats or ints (a tensor, which could change before then) is stored at once with
 it. `flush()` stores what waits; so does a clean exit. A SIGKILL or a crash of the process loses at
 most the last 50 ms of fast reports (docs/telemetry.md says why that trade is made).
 
+`should_stop()` turns true once the run is asked to finish at its maximum duration: a training loop
+that checks it (once an epoch, or a step) returns from `train()`, and the runner then calls `save()`,
+so the model as it is then is kept (docs/runs-cut-short.md).
+
 The spool is written through a shared mapping of the file: a line is stored into the page cache with
 a `memcpy`, no system call, so it is in the file, for the agent to read and safe from a SIGKILL of
 this process, once stored. The file is extended ahead of the lines, in blocks allocated on disk
@@ -37,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "flush", "report"]
+__all__ = ["__version__", "flush", "report", "should_stop"]
 
 SPOOL_ENV = "TRAINYARD_SPOOL"
 MAX_NAME = 128
@@ -68,6 +72,10 @@ _SPOOL_KEY = _encode(SPOOL_ENV)
 _RANK_KEY = _encode("RANK")
 _RANK_ZERO = (_encode(""), _encode("0"))
 _UNSET = object()  # an environment value no lookup returns: the next report chooses again
+# Set by the runner when the run is asked to finish (its maximum duration); whether the package ever
+# asked tells the runner whether to interrupt `train()` or let it return by itself.
+_stop_asked = threading.Event()
+_stop_checked = False
 
 
 class _Spool:
@@ -189,6 +197,24 @@ def flush() -> None:
             _drain(_out)
     except Exception:
         return
+
+
+def should_stop() -> bool:
+    """True once the run is asked to finish (its maximum duration is reached): return from `train()`
+    soon, and the runner calls `save()` within the stop's grace. False outside a run and until then.
+
+    A package that calls it at least once is trusted to return by itself; one that never does has
+    `train()` interrupted at the stop instead (the runner raises in it), and is saved all the same.
+    """
+    global _stop_checked
+    _stop_checked = True
+    return _stop_asked.is_set()
+
+
+def _ask_to_stop() -> bool:
+    """The runner's side of `should_stop()`: turn it true; whether the package checks it."""
+    _stop_asked.set()
+    return _stop_checked
 
 
 def _close(out: _Spool) -> None:

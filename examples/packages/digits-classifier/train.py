@@ -8,7 +8,8 @@ the test accuracy of every epoch (Primo's three curves). The test images are tho
 held out. `augmentation` (`none`, `rotations+exposure+noise`, ...) changes each training batch.
 `evaluate(data_directory)` returns accuracy, per-class precision and recall, the confusion matrix and
 the badcases (docs/evaluation.md). `save()` writes `model.pt` into the package folder, and `Main()`
-loads it when present, so training version 1.1 continues from 1.1's weights.
+loads it when present, so training version 1.1 continues from 1.1's weights. At the run's maximum
+duration `trainyard.should_stop()` turns true: training ends after the epoch in hand and is saved.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from digits_model import DigitNet, augment, limit_threads, load_images, parse_augmentation
 from torch.nn import functional
-from trainyard import report
+from trainyard import report, should_stop
 
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE / "model.pt"
@@ -177,6 +178,9 @@ class Main:
                 stage="training",
             )
             print(f"epoch {epoch}/{epochs}: lr {learning_rate:.5f} loss {loss_mean:.4f} acc {accuracy:.4f}")
+            if should_stop():  # the maximum duration came: save() keeps the model as it is now
+                print(f"asked to finish: stopping after epoch {epoch} of {epochs}")
+                break
         _write_curves(history)
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
