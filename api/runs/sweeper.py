@@ -1,21 +1,29 @@
 """The API's clock: start timeouts, maximum durations, offline and lost machines, and the end of
 login-failure windows.
 
-Every API process runs one; each change is the same conditional transition the routes use, so several
-replicas sweeping at once change each run once.
+Every API process runs one loop, and one process sweeps at a time: on PostgreSQL the one that holds
+the sweep's advisory lock (`SweepClaim`), on SQLite the only one. The claim saves the work of N
+replicas sweeping the same rows; correctness never rests on it: each change is the same conditional
+transition the routes use, so sweeps that overlap (a claim lost while its holder is mid-sweep) still
+change each run once.
 """
 
+from __future__ import annotations
+
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.access.service import forget_ended_login_failures
 from api.core.config import Settings
+from api.core.db import pg_conninfo
 from api.core.idempotency import forget_expired_keys
 from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
@@ -23,8 +31,87 @@ from api.models.base import utcnow
 from api.runs.lifecycle import SYSTEM, end_run, request_stop, withdraw_start
 from shared.enums import ACTIVE_RUN_STATUSES, CommandKind, CommandState, ReasonCode, RunStatus
 
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import TupleRow
+
 logger = logging.getLogger(__name__)
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
+# The advisory lock's key for "this process sweeps": a constant nothing else locks, derived from a name.
+SWEEP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"trainyard.sweeper").digest()[:8], "big", signed=True)
+# A bound on one check of the claim: a database that stopped answering costs a tick, not the loop.
+CLAIM_TIMEOUT = 10.0
+
+
+class SweepClaim:
+    """Whether this process is the one that sweeps.
+
+    On PostgreSQL: a session-level advisory lock taken with `pg_try_advisory_lock` on a connection of
+    the claim's own, outside the pool (as the notifier's LISTEN one: a pooled connection would be
+    handed back, and a transaction-level lock would let every replica sweep in turn). The lock lives
+    as long as that connection: the holder keeps it by checking the connection at each tick; a
+    replica that dies, or whose connection drops, loses it with the connection, and the next tick of
+    another takes it. Behind a pooler in transaction mode (PgBouncer) session locks do not hold: the
+    claim needs a direct connection, as LISTEN does.
+    On SQLite there is one API process (`serve --workers N` is refused): it always sweeps.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._conninfo = None if settings.is_sqlite else pg_conninfo(settings.resolved_database_url)
+        self._connection: psycopg.AsyncConnection[TupleRow] | None = None
+        self._held = False
+
+    async def held(self) -> bool:
+        """Take the claim if it is free, keep it if this process has it; False when another has it or
+        the database cannot be reached (the next tick tries again)."""
+        if self._conninfo is None:
+            return True
+        import psycopg  # here, not at the top: an API on SQLite never loads it
+
+        try:
+            async with asyncio.timeout(CLAIM_TIMEOUT):
+                return await self._take_or_keep()
+        except (psycopg.Error, OSError) as error:  # OSError: TimeoutError too
+            if self._held:
+                logger.warning("the sweep's claim is lost with its connection: %s", error)
+            await self.release()
+            return False
+
+    async def _take_or_keep(self) -> bool:
+        import psycopg
+
+        assert self._conninfo is not None
+        if self._connection is None:
+            self._connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, application_name="trainyard-sweeper"
+            )
+        if self._held:
+            await self._connection.execute("SELECT 1")  # the lock lives as long as this connection
+            return True
+        taken = await self._connection.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_KEY,))
+        row = await taken.fetchone()
+        self._held = bool(row and row[0])
+        if self._held:
+            logger.info("this API process sweeps now (it holds the sweep's advisory lock)")
+        return self._held
+
+    async def release(self) -> None:
+        """Give the claim up: at shutdown, or after an error. Unlocked in so many words first, so that
+        another replica may take it at its next tick (the server sees a closed connection a moment
+        after); closing the connection releases it anyway."""
+        connection, held, self._connection, self._held = self._connection, self._held, None, False
+        if connection is None:
+            return
+        import psycopg
+
+        try:
+            if held:
+                async with asyncio.timeout(CLAIM_TIMEOUT):
+                    await connection.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_KEY,))
+        except (psycopg.Error, OSError):
+            pass  # a broken connection: its lock ends with it
+        finally:
+            await connection.close()
 
 
 class Sweeper:
@@ -36,12 +123,18 @@ class Sweeper:
         self._settings = settings
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep_once()
-            except Exception:  # a sweep that fails is tried again at the next tick
-                logger.exception("sweep failed")
-            await asyncio.sleep(self._settings.sweep_interval)
+        """Sweep at each tick while this process holds the claim; give it up when cancelled."""
+        claim = SweepClaim(self._settings)
+        try:
+            while True:
+                try:
+                    if await claim.held():
+                        await self.sweep_once()
+                except Exception:  # a sweep that fails is tried again at the next tick
+                    logger.exception("sweep failed")
+                await asyncio.sleep(self._settings.sweep_interval)
+        finally:
+            await claim.release()
 
     async def sweep_once(self) -> None:
         now = utcnow()
