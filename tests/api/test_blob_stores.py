@@ -18,6 +18,7 @@ import obstore
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from pydantic import ValidationError
 
 from api.core.blobs import CHUNK_BYTES, BlobCorrupt, BlobStore, LocalBlobStore
 from api.core.config import Settings
@@ -325,3 +326,37 @@ async def test_packages_and_datasets_land_in_s3(
     assert all(key == S3BlobStore.key_of(key.rpartition("/")[2]) for key in stored)
     # Nothing left on the API's disk: no blob, no scratch file.
     assert [path for path in (settings.data_dir / "blobs").rglob("*") if path.is_file()] == []
+
+
+# -- the setting ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "bucket_and_prefix", "folder"),
+    [
+        (None, None, "data/blobs"),
+        ("/srv/blobs", None, "/srv/blobs"),
+        ("s3://trainyard", ("trainyard", ""), "data/blobs"),
+        ("s3://trainyard/prod/eu/", ("trainyard", "prod/eu"), "data/blobs"),
+    ],
+)
+def test_the_blob_store_setting(
+    value: str | None, bucket_and_prefix: tuple[str, str] | None, folder: str
+) -> None:
+    settings = Settings(data_dir=Path("data"), blob_store=value)
+    assert settings.s3_bucket_and_prefix == bucket_and_prefix
+    assert settings.blob_folder == Path(folder)  # an S3 store keeps its scratch files there
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"blob_store": "s3://"},
+        {"blob_store": "s3:///prefix"},
+        {"blob_store": "gs://bucket"},
+        {"s3_endpoint_url": "minio:9000"},
+    ],
+)
+def test_a_malformed_blob_store_setting_stops_the_start(fields: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**fields)  # type: ignore[arg-type]
