@@ -16,16 +16,19 @@ from api.core.blobs import StoredBlob
 from api.core.errors import InvalidInput
 from api.core.repository import dialect_insert
 from api.datasets import service as datasets
-from api.models import Dataset, DatasetVersion, Package, PackageVersion, Run, RunOutput
+from api.datasets.staging import StagedUpload
+from api.models import Dataset, DatasetVersion, Package, PackageVersion, Project, Run, RunOutput
 from api.models.base import new_id
 from api.models.telemetry import MetricSeries
 from api.packages.inspect import DeclaredParameter, PackageInfo
 from api.packages.service import add_trained_version
 from shared.enums import PipelineType
+from shared.names import NAME_MAX_LENGTH
 from shared.protocol import ManifestFile
 from shared.versions import Version
 
 PACKAGE, ARTIFACT, SNAPSHOT, EVALUATION = "package", "artifact", "snapshot", "evaluation"
+SNAPSHOTS_SUFFIX = "-snapshots"  # the dataset of a dataset's training snapshots: `<dataset>-snapshots`
 
 
 async def put_output(
@@ -185,6 +188,11 @@ async def _lineage(
 ) -> dict[str, Any]:
     config = run.config
     snapshot = await _output(session, run, SNAPSHOT)
+    kept = (
+        None
+        if snapshot is None or snapshot.document is None
+        else await _snapshot_version(session, run, snapshot)
+    )
     marks = {} if cut_short is None else {"cut_short": cut_short}
     return {
         **marks,
@@ -205,9 +213,42 @@ async def _lineage(
         else {
             "files": len(snapshot.document.get("files", [])),
             "content_hash": snapshot.document.get("content_hash"),
+            **(kept or {}),
         },
         "metrics": await final_metrics(session, run.id),
     }
+
+
+async def _snapshot_version(session: AsyncSession, run: Run, snapshot: RunOutput) -> dict[str, Any] | None:
+    """The run's training-data snapshot as a dataset version of its own, in the dataset
+    `<dataset>-snapshots` of its project (made by the first): `{"dataset": name, "version": n}`. A
+    version with the same content is reused. None when that name would be too long."""
+    assert snapshot.document is not None
+    if run.dataset_version_id is None:
+        return None
+    source = await session.get_one(DatasetVersion, run.dataset_version_id)
+    dataset = await session.get_one(Dataset, source.dataset_id)
+    name = dataset.name + SNAPSHOTS_SUFFIX
+    if len(name) > NAME_MAX_LENGTH:
+        return None
+    project = await session.get_one(Project, run.project_id)
+    files = [(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in snapshot.document.get("files", [])]
+    same = await session.scalar(
+        select(DatasetVersion.number)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(
+            Dataset.project_id == project.id,
+            Dataset.name == name,
+            DatasetVersion.content_hash == datasets.content_hash(files),
+        )
+        .order_by(DatasetVersion.number.desc())
+        .limit(1)
+    )
+    if same is not None:
+        return {"dataset": name, "version": same}
+    staged = StagedUpload(files=files, replaces=True, description=None)
+    _, version = await datasets.add_version(session, project, name, staged, created_by=None)
+    return {"dataset": name, "version": version.number}
 
 
 async def final_metrics(session: AsyncSession, run_id: uuid.UUID) -> dict[str, float]:

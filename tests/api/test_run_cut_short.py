@@ -1,5 +1,6 @@
-"""A run cut short by its maximum duration keeps its model (issue 18, item 1), and a failed or stopped
-run keeps its artifacts (item 4): the agent's facts through the real app, on SQLite and PostgreSQL."""
+"""A run cut short by its maximum duration keeps its model (issue 18, item 1); a failed or stopped run
+keeps its artifacts, and a training snapshot is a dataset version of its own (item 4): the agent's
+facts through the real app, on SQLite and PostgreSQL."""
 
 from collections.abc import Callable
 from typing import Any
@@ -8,6 +9,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 
 from tests.api import test_sweeper
+from tests.api.packages_kit import zip_bytes
 from tests.api.test_sweeper import SweeperFactory
 from tests.api.world import (
     BASE_PACKAGE_ZIP,
@@ -160,3 +162,45 @@ async def test_a_failed_or_stopped_run_takes_artifacts_and_nothing_else(
     assert [a["path"] for a in listed] == ["last.log"]
     versions = ok(await client.get(f"/projects/{world.project}/packages/pkg/versions"))
     assert [v["version"] for v in versions["items"]] == ["1.0", "1.1"]  # the succeeded run's only
+
+
+DIGITS = {"train/0/a.png": b"zero", "train/1/b.png": b"one", "test/0/c.png": b"zero"}
+
+
+async def test_a_training_snapshot_is_a_dataset_version_of_its_own(client: AsyncClient, app: FastAPI) -> None:
+    """`save_training_data`: the files the run trained on become a version of `<dataset>-snapshots`,
+    listed and browsable as any dataset version, named by the lineage; the same content again reuses it."""
+    world = await make_world(client)
+    uploaded = await client.post(
+        f"/projects/{world.project}/datasets/digits/versions",
+        files={"file": ("data.zip", zip_bytes(DIGITS), "application/zip")},
+    )
+    ok(uploaded, 201)
+    template = f"/projects/{world.project}/templates/{world.template}"
+    ok(
+        await client.patch(
+            template, json={"dataset": "digits", "dataset_path": "train", "save_training_data": True}
+        )
+    )
+    async with agent_client(app, world.agent_token) as agent:
+        for _ in range(2):
+            run = await _running(client, agent, world)
+            manifest = ok(await agent.get(f"/runs/{run['id']}/dataset"))
+            ok(await agent.put(f"/runs/{run['id']}/outputs/snapshot", json={"files": manifest["files"]}))
+            await report(agent, run["id"], "exited", exit_code=0)
+            assert (await report(agent, run["id"], "finished"))["status"] == "succeeded"
+
+    for number in ("1.1", "1.2"):
+        version = ok(await client.get(f"/projects/{world.project}/packages/pkg/versions/{number}"))
+        snapshot = version["lineage"]["snapshot"]
+        assert (snapshot["dataset"], snapshot["version"], snapshot["files"]) == ("digits-snapshots", 1, 2)
+    versions = ok(await client.get(f"/projects/{world.project}/datasets/digits-snapshots/versions"))
+    assert [v["number"] for v in versions["items"]] == [1]  # the second run's snapshot is the same
+    files = ok(await client.get(f"/projects/{world.project}/datasets/digits-snapshots/versions/1/files"))
+    assert [f["path"] for f in files["items"]] == ["0/a.png", "1/b.png"]
+    download = await client.get(
+        f"/projects/{world.project}/datasets/digits-snapshots/versions/1/files/1/b.png"
+    )
+    assert download.status_code == 200 and download.content == b"one"
+    listed = ok(await client.get(f"/projects/{world.project}/datasets"))
+    assert sorted(d["name"] for d in listed["items"]) == ["digits", "digits-snapshots"]
