@@ -191,14 +191,14 @@ def _small_disk(folder: Path, size: str) -> Iterator[None]:
 def _fill(folder: Path) -> Path:
     """A file that takes every free byte of `folder`'s file system."""
     filler = folder / "filler"
-    with filler.open("wb") as file, contextlib.suppress(OSError):
+    # Unbuffered: a write that finds the disk full raises at once, and closing has nothing left to
+    # flush (a buffered file's close raised ENOSPC outside the suppression, now and then).
+    with filler.open("wb", buffering=0) as file, contextlib.suppress(OSError):
         while True:
             file.write(b"\0" * 65536)
-            file.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as file:
+    with filler.open("ab", buffering=0) as file, contextlib.suppress(OSError):
         while True:  # the last few bytes, one at a time
             file.write(b"\0")
-            file.flush()
     return filler
 
 
