@@ -29,10 +29,11 @@ from agent.run_state import RunState
 from agent.runtime.runner import descendants
 from agent.sandbox import Launcher
 from agent.workdir import RunFolder, open_run_file
-from shared.enums import PipelineType
+from shared.enums import PipelineType, ReasonCode
 from shared.protocol import StartRunPayload
 
 logger = logging.getLogger(__name__)
+MAX_DURATION = ReasonCode.MAX_DURATION.value
 
 # After the runner's own grace, how long the agent waits before it SIGKILLs what is left itself.
 KILL_MARGIN_SECONDS = 10.0
@@ -268,6 +269,10 @@ class RunProcess:
                 if stop_requested.is_set():
                     if kill_at is None:
                         kill_at = time.monotonic() + grace + KILL_MARGIN_SECONDS
+                        if self.state.stop_reason == MAX_DURATION:
+                            # Again, for a runner re-adopted after the agent died between the stop
+                            # and its signal: the runner must still know to save.
+                            write_stop_reason(self.folder, MAX_DURATION, self.owner)
                         self.signal(signal.SIGTERM)
                     elif time.monotonic() >= kill_at:
                         self.kill_everything()

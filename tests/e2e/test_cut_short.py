@@ -8,6 +8,7 @@ import io
 import zipfile
 from typing import Any
 
+from tests.api.packages_kit import zip_bytes
 from tests.api.world import ok
 from tests.e2e.harness import PROJECT, Stack, package, stack, wait_for_file
 
@@ -118,7 +119,15 @@ async def _kept_model(s: Stack, package_name: str, run_id: str) -> str:
 
 async def test_the_maximum_duration_keeps_the_model_of_a_loop_that_checks_should_stop() -> None:
     async with stack() as s:
-        process = await s.deploy(CHECKS_SHOULD_STOP, max_duration_seconds=2)
+        data = zip_bytes({"0/a.png": "zero", "1/b.png": "one"})
+        uploaded = await s.admin.post(
+            f"/projects/{PROJECT}/datasets/digits/versions",
+            files={"file": ("digits.zip", data, "application/zip")},
+        )
+        ok(uploaded, 201)
+        process = await s.deploy(
+            CHECKS_SHOULD_STOP, max_duration_seconds=2, dataset="digits", save_training_data=True
+        )
         s.start_agent()
         run = await s.start(process)
         done = await s.wait_run(run["id"], "stopped", "failed", "succeeded")
@@ -128,6 +137,12 @@ async def test_the_maximum_duration_keeps_the_model_of_a_loop_that_checks_should
         model = await _kept_model(s, "p1", run["id"])
         assert model.endswith(" epochs") and int(model.split()[0]) >= 1
         assert await _artifacts(s, run["id"]) == ["curve.csv"]
+        # The data it trained on, as a dataset version of its own.
+        version = ok(await s.admin.get(f"/projects/{PROJECT}/packages/p1/versions/1.1"))
+        snapshot = version["lineage"]["snapshot"]
+        assert (snapshot["dataset"], snapshot["version"], snapshot["files"]) == ("digits-snapshots", 1, 2)
+        files = ok(await s.admin.get(f"/projects/{PROJECT}/datasets/digits-snapshots/versions/1/files"))
+        assert [f["path"] for f in files["items"]] == ["0/a.png", "1/b.png"]
 
 
 async def test_the_maximum_duration_interrupts_a_package_that_never_checks_and_keeps_it() -> None:
