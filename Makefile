@@ -41,10 +41,15 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile.api
 	$(BIN)/hadolint Dockerfile.agent
 
+# pytest-xdist workers, one per CPU up to 4 (each holds its databases and servers; more would crowd a
+# shared PostgreSQL's connections); TEST_WORKERS=0 runs in this one process. A test file stays on one
+# worker (--dist loadfile), so a module's real API, agent or browser is started once.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
+
 # Exit code 5 is pytest's "no tests collected": a failure like any other, named so nobody misreads it.
 test: lint
-	@echo "$(BIN)/pytest $(PYTEST_ARGS)"
-	@$(BIN)/pytest $(PYTEST_ARGS) || { code=$$?; \
+	@echo "$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)"
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || { code=$$?; \
 		if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$code; }
 
 # The one-command start (examples/up.py): migrate, serve, register the machine `local`, run its agent,

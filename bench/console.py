@@ -18,6 +18,11 @@ and measures:
   page's own response end and the chart's data fetch (Resource Timing) beside it; then the REST
   metrics route's read of the same run (2,000 points a series) and a zoom's window read at full
   resolution (1 % of the steps) through the console route.
+- Training log: the same run with N log lines (1,000,000; batches of 20,000 through the agent's
+  telemetry route): in Chromium, from navigation start to the first lines drawn in the virtual
+  viewport, and how many line rows the page holds (bounded, whatever N); the console's block read of
+  1,000 lines at the start, the middle and the end, and a search (`q`) over all N, beside the REST
+  logs route's read of the same block (the limit: the page's route calls it).
 """
 
 import argparse
@@ -113,7 +118,7 @@ def processes(origin: str, base: str, count: int, rounds: int) -> list[tuple[str
     ]
 
 
-def seed_run(base: str, points: int) -> str:
+def seed_run(base: str, points: int) -> tuple[str, str]:
     run_id, agent_token = a_running_run(base)
     with httpx.Client(
         base_url=f"{base}/agent", headers={"Authorization": f"Bearer {agent_token}"}, timeout=300
@@ -123,7 +128,63 @@ def seed_run(base: str, points: int) -> str:
                 f"/runs/{run_id}/telemetry", content=batch.body, headers={"Content-Type": "application/json"}
             )
             reply.raise_for_status()
-    return run_id
+    return run_id, agent_token
+
+
+LOG_BATCH = 20_000  # MAX_TELEMETRY_LOG_LINES
+
+
+def seed_log(base: str, run_id: str, agent_token: str, lines: int, first_seq: int) -> None:
+    """`lines` log lines (stdout, one in 97 holding "checkpoint") after the run's metric batches."""
+    now = time.time()
+    with httpx.Client(
+        base_url=f"{base}/agent", headers={"Authorization": f"Bearer {agent_token}"}, timeout=300
+    ) as agent:
+        for seq, start in enumerate(range(0, lines, LOG_BATCH), start=first_seq):
+            n = min(LOG_BATCH, lines - start)
+            text = [
+                f"epoch {i // 1000} batch {i % 1000}: loss {1 / (1 + i):.6f}"
+                + (" checkpoint" if i % 97 == 0 else "")
+                for i in range(start, start + n)
+            ]
+            body = {"seq": seq, "logs": {"stream": ["stdout"] * n, "time": [now] * n, "text": text}}
+            agent.post(f"/runs/{run_id}/telemetry", json=body).raise_for_status()
+
+
+def log_page(origin: str, run_id: str, rounds: int) -> list[dict[str, float]]:
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.console.browser import chromium_path, launch_args
+
+    url = f"{origin}/ui/projects/bench/runs/{run_id}/log"
+    found = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=launch_args())
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.goto(f"{origin}/ui/sign-in")
+        page.get_by_label("Username").fill("ann")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{origin}/ui/")
+        for _ in range(rounds + 1):  # the first warms the browser's cache of the scripts
+            page.goto(url)
+            page.wait_for_function(
+                "() => document.querySelectorAll('.log-rows .log-line:not(.pending)').length > 0",
+                timeout=60_000,
+                polling="raf",
+            )
+            found.append(
+                page.evaluate(
+                    """() => ({
+                      drawn: performance.now(),
+                      page: performance.getEntriesByType('navigation')[0].responseEnd,
+                      rows: document.querySelectorAll('.log-line').length,
+                    })"""
+                )
+            )
+        browser.close()
+    return found[1:]
 
 
 def first_paint(origin: str, run_id: str, rounds: int) -> list[dict[str, float]]:
@@ -174,12 +235,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
     args = parser.parse_args()
     count, points, rounds = (100, 100_000, 2) if args.quick else (1000, 1_000_000, 7)
+    lines = 40_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-console-") as scratch:
         api = Api(Path(scratch), None)
         try:
             base = api.base
             origin = base.removesuffix("/api/v1")
-            run_id = seed_run(base, points)  # first: it makes the model type the processes use too
+            run_id, agent_token = seed_run(base, points)  # first: it makes the model type the processes use
             seed_processes(base, count)
             rows = processes(origin, base, count, rounds)
             paints = first_paint(origin, run_id, rounds)
@@ -196,6 +258,29 @@ def main() -> None:
                 lambda: browser.get(
                     f"/ui/projects/bench/runs/{run_id}/metrics",
                     params={"low": low, "high": high, "series": "loss", "max_points": 20_000},
+                ),
+                rounds,
+            )
+            seed_log(base, run_id, agent_token, lines, first_seq=len(batches(points, 50_000)) + 1)
+            log_loads = log_page(origin, run_id, rounds)
+            blocks = []
+            for where, offset in (("start", 0), ("middle", lines // 2), ("end", lines - 1000)):
+                params = {"offset": offset, "limit": 1000}
+                console_read, _ = timed(
+                    lambda p=params: browser.get(f"/ui/projects/bench/runs/{run_id}/log/lines", params=p),
+                    rounds,
+                )
+                with httpx.Client(
+                    base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+                ) as rest:
+                    rest_read, _ = timed(
+                        lambda p=params: rest.get(f"/projects/bench/runs/{run_id}/logs", params=p), rounds
+                    )
+                blocks.append((where, ms(console_read), ms(rest_read)))
+            search, found = timed(
+                lambda: browser.get(
+                    f"/ui/projects/bench/runs/{run_id}/log/lines",
+                    params={"offset": 0, "limit": 1000, "q": "checkpoint"},
                 ),
                 rounds,
             )
@@ -220,6 +305,19 @@ def main() -> None:
     print(f"| REST metrics route, 2,000 points a series, 4 series (limit) | {ms(metrics)} |")
     print(f"| a zoom's window, 1 % of a series at full resolution ({zoomed:,} points) | {ms(window)} |")
     print(f"\nsteps drawn in the overview: {int(statistics.median(p['points'] for p in paints)):,}")
+    print(f"\nTraining log, {lines:,} lines, median of {rounds}:\n")
+    print("| what | ms |")
+    print("| --- | ---: |")
+    drawn = statistics.median(p["drawn"] for p in log_loads)
+    print(f"| first lines drawn in Chromium, from navigation start | {drawn:.0f} |")
+    print(f"| the page's response end (limit) | {statistics.median(p['page'] for p in log_loads):.0f} |")
+    for where, console_ms, rest_ms in blocks:
+        what = f"1,000 lines at the {where}: console route / REST logs route (limit)"
+        print(f"| {what} | {console_ms} / {rest_ms} |")
+    hits = len(found.json()["lines"])
+    print(f"| a search over all {lines:,} lines, first {hits:,} hits | {ms(search)} |")
+    rows = max(int(p["rows"]) for p in log_loads)
+    print(f"\nline rows in the page at most: {rows:,} (of {lines:,} lines)")
 
 
 if __name__ == "__main__":
