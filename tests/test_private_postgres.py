@@ -60,7 +60,8 @@ def _isolated_network() -> list[str]:
 
 def test_the_suite_brings_its_own_postgres_where_none_answers() -> None:
     prefix = _isolated_network()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    # Nothing of this session's: its settings, nor pytest-xdist's worker variables.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINYARD_", "PYTEST_"))}
     env["TRAINYARD_TEST_DATABASES"] = "postgresql"
     check = subprocess.run(
         [
