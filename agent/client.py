@@ -456,3 +456,24 @@ class ApiClient:
             "application/octet-stream",
             retry=retry,
         )
+
+    async def upload_checkpoint(
+        self,
+        run_id: uuid.UUID,
+        path: Path,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> OutputReply:
+        """The run's checkpoint folder, zipped at `path`: what a restart of the run resumes from."""
+        return await self._upload(f"/runs/{run_id}/outputs/checkpoint", path, "application/zip", retry=retry)
+
+    async def download_checkpoint(
+        self,
+        run_id: uuid.UUID,
+        dest_path: Path,
+        sha256: str,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> str:
+        """The checkpoint this run resumes from (a zip) into `dest_path`, verified against `sha256`."""
+        return await self._download(f"/runs/{run_id}/checkpoint", dest_path, sha256, retry=retry)

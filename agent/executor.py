@@ -26,6 +26,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from agent.checkpoints import CHECKPOINT_ENV, checkpoint_folder, restore_checkpoint, upload_checkpoint
 from agent.client import ApiError, ApiRejected
 from agent.environments import EnvironmentBuildFailed, python_for
 from agent.machine import Machine
@@ -183,6 +184,7 @@ class Execution:
         folder = await prepare_run(machine.client, machine.settings, self.payload, cache=machine.cache)
         if machine.run_user is not None:
             await asyncio.to_thread(self._hand_over, folder)
+        await restore_checkpoint(machine.client, self.payload, folder, self.process.owner)
         if not self.payload.package_has_requirements:
             return machine.python
         python = await python_for(
@@ -211,6 +213,7 @@ class Execution:
     async def _launch(self, python: str) -> None:
         settings = self.machine.settings
         env = run_environment(self.payload, self.folder, self.state.gpus, python, settings.stop_grace)
+        env[CHECKPOINT_ENV] = str(checkpoint_folder(self.folder))
         try:
             pid = await self.process.launch(python, self.machine.runner, env, self.payload.parameters)
         except LaunchImpossible as error:
@@ -319,6 +322,8 @@ class Execution:
                 upload = False
         else:
             await self._keep_artifacts()
+        if not upload or self.stop_requested.is_set():  # what a restart resumes from (agent/checkpoints.py)
+            await upload_checkpoint(self.machine.client, self.run_id, self.folder)
         await self._report(event)
         if upload:
             await self._report(FinishedEvent(type="finished"))
@@ -346,6 +351,7 @@ class Execution:
             self.folder.test_data,
             self.folder.artifacts,
             split,
+            checkpoint_folder(self.folder),
         ):
             if part is not None:
                 shutil.rmtree(part, ignore_errors=True)

@@ -79,6 +79,13 @@ class StartRunPayload(ApiReply):
     save_training_data: bool = False
     gpus: int = 0
     processes: int = 1
+    # A restart of a failed or stopped run resumes (docs/pipelines.md): the checkpoint to unpack into
+    # `TRAINYARD_CHECKPOINT_DIRECTORY` before the package starts. None: the run starts over.
+    checkpoint_sha256: str | None = Field(
+        default=None, description="Fetch it with GET runs/{run_id}/checkpoint (a zip) before launching."
+    )
+    checkpoint_size: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    resumed_from: uuid.UUID | None = Field(default=None, description="The run whose checkpoint this is.")
 
 
 class StopRunPayload(ApiReply):

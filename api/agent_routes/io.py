@@ -7,6 +7,7 @@ it belongs to the run's package or datasets, so an agent token reaches nothing e
 import uuid
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,11 +20,12 @@ from api.core.errors import Conflict, InvalidInput, error_responses
 from api.core.repository import record_blobs
 from api.core.security import CurrentAgent
 from api.core.unit_of_work import commit_early
-from api.core.uploads import receive_body
+from api.core.uploads import archive_refused, receive_body
 from api.models import Run
 from api.packages.service import check_package
-from api.runs import outputs
+from api.runs import checkpoints, outputs
 from api.runs.service import machine_run
+from shared.archive import ArchiveError, inspect_zip
 from shared.enums import RunStatus
 from shared.names import InvalidName, normalize_relative_path
 from shared.protocol import DatasetManifest, OutputReply, SnapshotUpload
@@ -209,3 +211,46 @@ async def upload_evaluation(
     run = await _receiving(session, agent, run_id)
     await outputs.put_output(session, run, outputs.EVALUATION, document=dict(evaluation))
     return OutputReply(kind=outputs.EVALUATION)
+
+
+@router.put(
+    "/outputs/checkpoint",
+    operation_id="agent_runs_outputs_checkpoint_upload",
+    responses=error_responses(409, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
+)
+async def upload_checkpoint(
+    run_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    agent: CurrentAgent,
+) -> OutputReply:
+    """The run's checkpoint folder as a zip, sent before `exited` by a run that failed or was
+    stopped: a restart of the run resumes from it (docs/pipelines.md). Sending it again replaces it."""
+    await _before_body(session, agent, run_id)
+    async with receive_body(request, blobs, max_bytes=settings.max_package_bytes) as path:
+        try:
+            await anyio.to_thread.run_sync(inspect_zip, path, settings.archive_limits())
+        except ArchiveError as error:
+            raise archive_refused(error) from None
+        stored = await blobs.put_file(path)
+    await _keep_stored(session, agent, run_id, checkpoints.CHECKPOINT, stored)
+    return OutputReply(kind=checkpoints.CHECKPOINT, sha256=stored.sha256, size=stored.size)
+
+
+@router.get(
+    "/checkpoint",
+    operation_id="agent_runs_checkpoint_download",
+    responses={200: {"content": {"application/zip": {}}, "description": "The checkpoint; ETag = sha256"}},
+)
+async def download_checkpoint(
+    run_id: uuid.UUID, request: Request, session: SessionDep, blobs: BlobsDep, agent: CurrentAgent
+) -> Response:
+    """The checkpoint this run resumes from (its start payload's `checkpoint_sha256`), to unpack into
+    its checkpoint folder before the launch; 404 `checkpoint_not_found` for a run that starts over."""
+    sha256, size = checkpoints.handed_checkpoint(await _run(session, agent, run_id))
+    return await blob_response(
+        blobs, sha256, size, "application/zip", request.headers.get("if-none-match"), filename=f"{sha256}.zip"
+    )

@@ -11,7 +11,7 @@ from api.core.errors import PayloadTooLarge, problem_response
 # limits of their own; every other route gets at most `max_bytes`, whatever its Content-Type says.
 STREAMED_PATHS = re.compile(
     r"^(?:/api/v1/(?:projects/[^/]+/(?:packages|datasets)/[^/]+/versions"
-    r"|agent/runs/[^/]+/outputs/(?:package|artifacts/.+))"
+    r"|agent/runs/[^/]+/outputs/(?:package|checkpoint|artifacts/.+))"
     r"|/ui/projects/[^/]+/(?:packages|datasets)/upload)$"
 )
 # An agent's telemetry batch is larger than other JSON bodies: up to 50,000 points after a backlog.

@@ -172,8 +172,8 @@ async def restart_process(session: AsyncSession, notifier: Notifier, process: Pr
     await _lock(session, process)
     _require_enabled(process)
     run = await active_run(session, process)
-    if run is None:
-        await start_run(session, notifier, process, actor)
+    if run is None:  # the last run ended: a restart resumes from its checkpoint (api/runs/checkpoints.py)
+        await start_run(session, notifier, process, actor, resume=True)
         return True
     marked = await session.execute(
         update(Process)
@@ -183,7 +183,7 @@ async def restart_process(session: AsyncSession, notifier: Notifier, process: Pr
     )
     if marked.rowcount == 0:  # type: ignore[attr-defined]  # the run ended meanwhile
         await session.refresh(process)
-        await start_run(session, notifier, process, actor)
+        await start_run(session, notifier, process, actor, resume=True)
         return True
     record_event(session, process.id, process.project_id, actor, "restart_requested", run_id=run.id)
     await request_stop(session, notifier, run, actor, ReasonCode.USER_STOP)

@@ -14,6 +14,7 @@ from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.notify import Notifier, changed_after_commit
 from api.models import AgentCommand, Machine, Process, ProcessEvent, Project, Run, Template
 from api.models.base import new_id, utcnow
+from api.runs import checkpoints
 from api.templates import references
 from api.templates.references import ResolvedInputs
 from api.webhooks import outbox
@@ -202,8 +203,11 @@ async def start_run(
     actor: Actor,
     *,
     machine_enabled: bool | None = None,
+    resume: bool = False,
 ) -> Run:
     """Make the process's next run and queue its start command, or refuse with a clear conflict.
+    `resume` (a restart): the run resumes from the checkpoint of the last run, if that one failed or
+    was stopped and kept one (`api/runs/checkpoints.py`).
 
     `machine_enabled` is the machine's flag if the caller read it in this request (the start route
     reads it with the process); else it is read here. The template and the project come from the
@@ -239,6 +243,8 @@ async def start_run(
             raise Conflict("the process is disabled: enable it first", code="process_disabled")
         raise Conflict("the process already has an active run", code="run_active")
     start = start_payload(run_id, process, template, project.name, inputs).model_dump(mode="json")
+    if resume:
+        start.update(await checkpoints.resume_point(session, process.id))
     run_row = {
         "id": run_id,
         "process_id": process.id,
@@ -371,7 +377,7 @@ async def end_run(
         process = await session.get(Process, run.process_id, populate_existing=True)
         assert process is not None
         try:
-            await start_run(session, notifier, process, actor)
+            await start_run(session, notifier, process, actor, resume=True)
         except Conflict as refused:  # raised before start_run wrote anything
             await session.execute(
                 update(Process).where(Process.id == process.id).values(restart_requested=False),

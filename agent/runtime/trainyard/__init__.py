@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "flush", "report", "should_stop"]
+__all__ = ["__version__", "checkpoint_directory", "flush", "report", "should_stop"]
 
 SPOOL_ENV = "TRAINYARD_SPOOL"
 MAX_NAME = 128
@@ -381,3 +381,13 @@ def _line(
         ).encode()
     except Exception:
         return b""
+
+
+def checkpoint_directory() -> str | None:
+    """The folder a package keeps its checkpoints in, or None outside a run.
+
+    It survives the run: when the run fails or is stopped, the agent uploads what is in it, and a
+    restart of that run finds it here again, filled, before `train()` begins (empty when the run
+    starts over). Write each checkpoint whole (to a temporary name, then `os.replace`), so that a
+    stop in the middle of a write leaves the previous one (docs/pipelines.md)."""
+    return os.environ.get("TRAINYARD_CHECKPOINT_DIRECTORY") or None

@@ -8,8 +8,11 @@ the test accuracy of every epoch (Primo's three curves). The test images are tho
 held out. `augmentation` (`none`, `rotations+exposure+noise`, ...) changes each training batch.
 `evaluate(data_directory)` returns accuracy, per-class precision and recall, the confusion matrix and
 the badcases (docs/evaluation.md). `save()` writes `model.pt` into the package folder, and `Main()`
-loads it when present, so training version 1.1 continues from 1.1's weights. At the run's maximum
-duration `trainyard.should_stop()` turns true: training ends after the epoch in hand and is saved.
+loads it when present, so training version 1.1 continues from 1.1's weights. Each epoch ends with a
+checkpoint in `trainyard.checkpoint_directory()` (weights, optimiser, random state, curves): a restart
+of a failed or stopped run resumes after the last epoch it finished, and its epochs count on.
+At the run's maximum duration `trainyard.should_stop()` turns true: training ends after the epoch in
+hand and is saved.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import Any
 import torch
 from digits_model import DigitNet, augment, limit_threads, load_images, parse_augmentation
 from torch.nn import functional
-from trainyard import report, should_stop
+from trainyard import checkpoint_directory, report, should_stop
 
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE / "model.pt"
 HOLD_OUT_EVERY = 10  # without test images, every tenth training image is held out for the curve
+CHECKPOINT_NAME = "digits-checkpoint.pt"
 EVAL_BATCH = 512
 
 
@@ -148,7 +152,12 @@ class Main:
         optimizer = torch.optim.Adam(model.parameters(), lr=parameters["learning_rate"])
         epochs, batch_size = parameters["epochs"], parameters["batch_size"]
         history: list[dict[str, float]] = []
-        for epoch in range(1, epochs + 1):
+        folder = checkpoint_directory()
+        checkpoint = Path(folder) / CHECKPOINT_NAME if folder else None
+        first = 1
+        if checkpoint is not None and checkpoint.is_file():
+            first = self._resume(checkpoint, optimizer, generator, history)
+        for epoch in range(first, epochs + 1):
             learning_rate = parameters["learning_rate"] * parameters["learning_rate_decay"] ** (epoch - 1)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate
@@ -169,6 +178,8 @@ class Main:
             history.append(
                 {"epoch": epoch, "learning_rate": learning_rate, "loss": loss_mean, "accuracy": accuracy}
             )
+            if checkpoint is not None:
+                self._checkpoint(checkpoint, epoch, optimizer, generator, history)
             report(
                 epoch=epoch,
                 total_epochs=epochs,
@@ -182,6 +193,54 @@ class Main:
                 print(f"asked to finish: stopping after epoch {epoch} of {epochs}")
                 break
         _write_curves(history)
+
+    def _checkpoint(
+        self,
+        path: Path,
+        epoch: int,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        history: list[dict[str, float]],
+    ) -> None:
+        """Everything the next epoch needs, written whole (a temporary file, then a rename), so a stop
+        in the middle of the write leaves the checkpoint before it."""
+        assert self.model is not None
+        state = {
+            "epoch": epoch,
+            "classes": self.classes,
+            "epochs_trained": self.epochs_trained,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "history": history,
+        }
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+
+    def _resume(
+        self,
+        path: Path,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        history: list[dict[str, float]],
+    ) -> int:
+        """Load the checkpoint a restart handed back; the first epoch left to train (1: start over,
+        when it was made for other classes)."""
+        assert self.model is not None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if list(state["classes"]) != self.classes:
+            print(f"the checkpoint is for other classes ({state['classes']}): training from the start")
+            return 1
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        history.extend(state["history"])
+        self.epochs_trained = int(state["epochs_trained"])
+        print(f"resuming from the checkpoint of epoch {state['epoch']}")
+        return int(state["epoch"]) + 1
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence, class index) of each image."""
