@@ -25,7 +25,16 @@ MAX_CLASSES = 10_000
 MAX_LABEL = 256
 # What the fields below interpret; every other top-level key is kept in `extra` (numbers in `metrics`).
 KNOWN_KEYS = frozenset(
-    {"score", "accuracy", "samples", "duration_seconds", "per_class", "confusion_matrix", "badcases"}
+    {
+        "score",
+        "accuracy",
+        "samples",
+        "duration_seconds",
+        "per_class",
+        "confusion_matrix",
+        "badcases",
+        "predictions",  # every test sample's prediction: paged by GET .../evaluation/samples
+    }
 )
 
 

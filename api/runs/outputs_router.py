@@ -15,6 +15,7 @@ from api.projects.service import get_project
 from api.runs import service
 from api.runs.deps import RunTarget, run_for
 from api.runs.evaluation import EvaluationRead, read_evaluation
+from api.runs.evaluation_samples import MAX_LABEL_FILTER, EvaluationSamplesPage, Filter, samples_page
 from api.runs.schemas import RunResults
 
 router = APIRouter(
@@ -94,4 +95,41 @@ async def get_evaluation(
         stored.created_at,
         offset=badcases_offset,
         limit=badcases_limit,
+    )
+
+
+@router.get(
+    "/evaluation/samples", operation_id="runs_evaluation_samples_list", responses=error_responses(422)
+)
+async def list_evaluation_samples(
+    target: ViewedRun,
+    session: SessionDep,
+    blobs: BlobsDep,
+    cursor: Annotated[
+        str | None, Query(max_length=6000, description="`next_cursor` of the last page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Samples to return at most.")] = 100,
+    label: Annotated[
+        str | None, Query(max_length=MAX_LABEL_FILTER, description="Only the samples of this true label.")
+    ] = None,
+    wrong: Annotated[
+        bool | None,
+        Query(description="true: only the mispredicted samples; false: only the rightly predicted ones."),
+    ] = None,
+) -> EvaluationSamplesPage:
+    """The test set the run evaluated (TI-ONE), a page of samples in path order, each with its true
+    label (the prediction's own, the test set's `labels.csv`, or its class folder), the package's
+    prediction from the evaluation's `predictions`, and the link that downloads its file. The
+    conventions are in docs/evaluation.md."""
+    stored = await service.evaluation(session, target.run)
+    assert stored.document is not None
+    return await samples_page(
+        session,
+        blobs,
+        target.run,
+        target.project.name,
+        dict(stored.document),
+        cursor=cursor,
+        limit=limit,
+        where=Filter(label, wrong),
     )

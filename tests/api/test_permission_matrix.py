@@ -123,6 +123,7 @@ NEEDS: dict[str, P | str] = {
     "runs_artifacts_list": P.RUNS_VIEW,
     "runs_artifacts_download": P.RUNS_VIEW,
     "runs_evaluation_get": P.RUNS_VIEW,
+    "runs_evaluation_samples_list": P.RUNS_VIEW,
     "runs_metrics_get": P.RUNS_VIEW,
     "runs_logs_get": P.RUNS_VIEW,
     # packages and models
@@ -161,6 +162,8 @@ NEEDS: dict[str, P | str] = {
     "agent_runs_outputs_artifact_upload": AGENT,
     "agent_runs_outputs_snapshot_upload": AGENT,
     "agent_runs_outputs_evaluation_upload": AGENT,
+    "agent_runs_outputs_checkpoint_upload": AGENT,
+    "agent_runs_checkpoint_download": AGENT,
 }
 
 ROLES = ["viewer", "trainer", "project-admin", "administrator"]
