@@ -39,6 +39,12 @@ EVALUATION: dict[str, Any] = {
         {"path": "8/vector.svg", "label": "8", "prediction": "3", "confidence": 0.6},
         {"path": "8/gone.png", "label": "8", "prediction": "3"},
     ],
+    "predictions": [  # the true labels come from the class folders
+        {"file": "3/b.png", "predicted": "3", "confidence": 0.8},
+        {"file": f"8/{HOSTILE}.png", "predicted": HOSTILE},
+        {"file": "8/vector.svg", "predicted": "3"},
+        {"file": "../escape.png", "predicted": "3"},
+    ],
 }
 
 
@@ -115,6 +121,71 @@ async def test_the_page_shows_metrics_matrix_and_badcases_as_text(
     assert HOSTILE not in test_set.text
 
 
+def _figures(text: str) -> list[str]:
+    """Each sample's figure of the test set page, as text."""
+    return text.split('<ul class="badcases test-set">')[1].split("</ul>")[0].split("<li")[1:]
+
+
+async def test_the_test_set_shows_true_and_predicted_labels_and_filters_the_wrong_ones(
+    client: AsyncClient, app: FastAPI, browser: AsyncClient
+) -> None:
+    world, run_id = await evaluated_run(client, app)
+    await make_person(client, "ann", is_admin=True)
+    await sign_in(browser, "ann")
+    base = f"/ui/projects/{world.project}/runs/{run_id}/evaluation/test-set"
+    page = await browser.get(base)
+    assert page.status_code == 200, page.text
+    assert HOSTILE not in page.text and "the file&#39;s folder" in page.text
+    assert "The evaluation predicted 3 samples." in page.text and "1 predictions were left out" in page.text
+    figures = _figures(page.text)
+    assert len(figures) == 4  # test/3/b.png, the hostile image, page.html, vector.svg
+    right, hostile, html, svg = figures
+    assert 'class="right"' in right and '<strong class="truth">3</strong>' in right and "(80.0 %)" in right
+    assert 'class="wrong"' in hostile and "&lt;img src=x onerror=alert(1)&gt;&#34;</strong>" in hostile
+    assert '<strong class="truth">8</strong>' in html and '<strong class="predicted">?</strong>' in html
+    assert 'class="wrong"' in svg and "<img " not in svg  # an SVG is never an <img>
+    assert 'src="/ui/projects/' in right and "/evaluation/files/test/3/b.png" in right
+
+    wrong = await browser.get(base, params={"show": "wrong"})
+    assert [("vector.svg" in f, 'class="wrong"' in f) for f in _figures(wrong.text)] == [
+        (False, True),
+        (True, True),
+    ]
+    assert '<option value="wrong" selected>' in wrong.text
+    only_3 = await browser.get(base, params={"label": "3"})
+    assert len(_figures(only_3.text)) == 1 and "3/b.png" in only_3.text
+    none = await browser.get(base, params={"label": "7", "show": "right"})
+    assert none.status_code == 200 and "No sample on this page matches the filter" in none.text
+    assert (await browser.get(base, params={"show": "maybe"})).status_code == 422
+    bad = await browser.get(base, params={"cursor": "!!"})
+    assert bad.status_code == 404 and "not one the console gave out" in bad.text
+
+
+async def test_the_test_set_pages_with_its_filter(
+    client: AsyncClient, app: FastAPI, browser: AsyncClient
+) -> None:
+    world = await make_world(client)
+    images = {f"test/{n % 2}/{n:03}.png": PNG for n in range(60)}
+    files = {"file": ("digits.zip", zip_bytes(images), "application/zip")}
+    ok(await client.post(f"/projects/{world.project}/datasets/digits/versions", files=files), 201)
+    fields = {"pipeline_type": "evaluation", "dataset": "digits", "dataset_path": "test"}
+    ok(await client.patch(f"/projects/{world.project}/templates/{world.template}", json=fields))
+    predictions = [{"file": f"{n % 2}/{n:03}.png", "predicted": "0"} for n in range(60)]  # the odd ones wrong
+    run_id = await _evaluated(client, app, world, {"predictions": predictions})
+    await make_person(client, "ann", is_admin=True)
+    await sign_in(browser, "ann")
+    base = f"/ui/projects/{world.project}/runs/{run_id}/evaluation/test-set"
+    first = await browser.get(base, params={"show": "wrong"})
+    assert len(_figures(first.text)) == 30 and "First page" not in first.text
+    assert "Next" not in first.text  # 30 wrong ones fit one page of 48
+
+    everything = await browser.get(base)
+    assert len(_figures(everything.text)) == 48
+    [next_url] = [line for line in everything.text.split('"') if line.startswith("?cursor=")]
+    second = await browser.get(base + next_url.replace("&amp;", "&"))
+    assert len(_figures(second.text)) == 12 and "First page" in second.text and "?cursor=" not in second.text
+
+
 async def test_a_run_without_evaluation_says_so(client: AsyncClient, browser: AsyncClient) -> None:
     world = await make_world(client)
     run = ok(await client.post(f"{world.process_path}/start"), 201)["latest_run"]
@@ -146,6 +217,7 @@ async def test_permissions_are_the_apis(client: AsyncClient, app: FastAPI, brows
     assert "<img " not in page.text and "Browse the test set" not in page.text
     assert (await browser.get(f"{base}/files/test/3/b.png")).status_code == 403
     assert (await browser.get(f"{base}/test-set")).status_code == 403
+    assert (await browser.get(f"{base}/test-set", params={"show": "wrong"})).status_code == 403
 
 
 def test_the_demo_prints_a_console_link_for_the_badcases() -> None:

@@ -40,6 +40,7 @@ class Facts:
     versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     lineage_of_1_0: dict[str, Any] = field(default_factory=dict)
     badcase_downloads: list[tuple[dict[str, Any], int, bytes]] = field(default_factory=list)
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # the test set, one 1000-sample page
     logs: str = ""
 
 
@@ -70,6 +71,7 @@ async def _record(s: Stack, facts: Facts, key: str, run_id: str) -> None:
     evaluation = await s.admin.get(f"{base}/evaluation", params={"badcases_limit": 1000})
     if evaluation.status_code == 200:
         facts.evaluations[key] = evaluation.json()
+        facts.samples[key] = ok(await s.admin.get(f"{base}/evaluation/samples", params={"limit": 1000}))
     results = await s.admin.get(f"{base}/results")
     if results.status_code == 200:
         facts.results[key] = results.json()
@@ -193,6 +195,18 @@ def test_the_evaluation_has_per_class_metrics_and_every_badcase_downloads(facts:
     for case, status, content in facts.badcase_downloads:
         assert status == 200 and content.startswith(PNG_MAGIC), (case, status)
         assert content == (facts.data / "digits" / "test" / case["path"]).read_bytes(), case
+
+
+def test_the_test_set_pages_with_true_and_predicted_labels(facts: Facts) -> None:
+    _succeeded(facts, "first")
+    page = facts.samples["first"]
+    assert (page["prediction_count"], page["next_cursor"], page["problems"]) == (364, None, []), page
+    samples = page["samples"]
+    assert len(samples) == 364 and all(s["predicted"] is not None for s in samples)
+    # the package's own true label is its class folder's name
+    assert all((s["true"], s["true_source"]) == (s["file"].split("/")[0], "prediction") for s in samples)
+    wrong = {s["file"] for s in samples if s["correct"] is False}
+    assert wrong == {case["path"] for case in facts.evaluations["first"]["badcases"]}
 
 
 def test_training_1_1_again_makes_1_2_from_its_weights(facts: Facts) -> None:

@@ -87,6 +87,13 @@ def test_the_evaluation_has_per_class_metrics_a_confusion_matrix_and_badcases(
         assert case["prediction"] != case["label"] and 0.0 < case["confidence"] <= 1.0
     confidences = [case["confidence"] for case in badcases]
     assert confidences == sorted(confidences, reverse=True)  # the surest mistakes first
+    # Every sample's prediction (the test set browsed with its labels): the wrong ones are the badcases.
+    predictions = evaluation["predictions"]
+    assert sorted(p["file"] for p in predictions) == sorted(
+        path.relative_to(test_data).as_posix() for path in test_data.rglob("*.png")
+    )
+    assert all(p["true"] == p["file"].split("/")[0] and 0.0 < p["confidence"] <= 1.0 for p in predictions)
+    assert {p["file"] for p in predictions if p["predicted"] != p["true"]} == {c["path"] for c in badcases}
 
 
 def test_a_run_from_the_trained_folder_starts_from_its_weights(

@@ -12,8 +12,8 @@ raster image is served as one and anything else as bytes to save, always with `n
 import json
 import unicodedata
 from dataclasses import dataclass
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,12 +24,13 @@ from api.console.pages import render
 from api.console.views._run import file_response, is_image, page_run, run_url
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep
-from api.core.errors import NotFound
+from api.core.errors import InvalidInput, NotFound
 from api.core.security import Permission
 from api.datasets import service as datasets
 from api.models import DatasetVersion, Run
 from api.runs import service as runs
 from api.runs.evaluation import ConfusionMatrix, EvaluationDataset, _evaluated_dataset, read_evaluation
+from api.runs.evaluation_samples import MAX_LABEL_FILTER, Filter, samples_page
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 BADCASES_PAGE = 24
@@ -145,23 +146,52 @@ async def evaluation_page(
 async def test_set_page(
     request: Request,
     session: SessionDep,
+    blobs: BlobsDep,
     where: ProjectPage,
     run_id: str,
     cursor: Annotated[str | None, Query(max_length=6000)] = None,
+    label: Annotated[str, Query(max_length=MAX_LABEL_FILTER)] = "",
+    show: Literal["", "wrong", "right"] = "",  # the form's "all" is the empty value
 ) -> HTMLResponse:
-    """The files of the dataset version the run evaluated, under the folder it read, a page at a time."""
+    """The samples of the dataset version the run evaluated, under the folder it read, a page at a
+    time, each with its true and predicted label (as GET .../evaluation/samples answers them)."""
     run = await _run_for(request, session, where, run_id)
-    dataset, version = await _evaluated(request, session, where, run)
+    dataset, _ = await _evaluated(request, session, where, run)
     try:
-        files, next_cursor = await datasets.files_page(session, version, dataset.path, TEST_SET_PAGE, cursor)
+        stored = await runs.evaluation(session, run)
+    except NotFound:
+        raise refuse(request, where.signed_in, 404, "evaluation.none") from None
+    assert stored.document is not None
+    wrong = {"wrong": True, "right": False}.get(show)
+    try:
+        page = await samples_page(
+            session,
+            blobs,
+            run,
+            where.project.name,
+            dict(stored.document),
+            cursor=cursor,
+            limit=TEST_SET_PAGE,
+            where=Filter(label or None, wrong),
+        )
     except NotFound:
         raise refuse(request, where.signed_in, 404, "evaluation.no_test_set") from None
+    except InvalidInput:  # a cursor this page never gave out
+        raise refuse(request, where.signed_in, 404, "evaluation.bad_cursor") from None
     base = run_url(where.project.name, run.id)
+    filters = {key: value for key, value in (("label", label), ("show", show)) if value}
     context: dict[str, Any] = where.context(
         run=run,
         dataset=dataset,
-        files=[(path, size, f"{base}evaluation/files/{quote(path, safe='/')}") for path, _, size in files],
-        next_cursor=next_cursor,
+        page=page,
+        file_url=lambda sample: _file_url(base, dataset, sample.file),
+        label=label,
+        show=show,
+        filtered=bool(filters),
+        first_url="?" + urlencode(filters),
+        next_url=None
+        if page.next_cursor is None
+        else "?" + urlencode({**filters, "cursor": page.next_cursor}),
         first=cursor is None,
         is_image=is_image,
         run_url=base,

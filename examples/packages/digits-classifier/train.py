@@ -264,8 +264,9 @@ class Main:
         return hits / len(labels)
 
     def evaluate(self, data_directory: str) -> dict[str, Any]:
-        """Accuracy, per-class precision and recall, the confusion matrix and the badcases, whose paths
-        are relative to `data_directory` (so the API can link each to its file in the test dataset)."""
+        """Accuracy, per-class precision and recall, the confusion matrix, the badcases and every
+        sample's prediction, whose paths are relative to `data_directory` (so the API can link each to
+        its file in the test dataset)."""
         if self.model is None:
             raise RuntimeError("there is no model.pt to evaluate: train this package version first")
         folder = split_folder(data_directory, "test")
@@ -301,6 +302,18 @@ class Main:
             if label != prediction
         ]
         badcases.sort(key=lambda case: (-case["confidence"], case["path"]))  # the surest mistakes first
+        # every sample's prediction, so the test set can be browsed with its true and predicted labels
+        every = [
+            {
+                "file": path if prefix == "." else f"{prefix}/{path}",
+                "true": label,
+                "predicted": prediction,
+                "confidence": round(score, 6),
+            }
+            for path, label, prediction, score in zip(
+                paths, labels, predictions, confidence.tolist(), strict=True
+            )
+        ]
         accuracy = (len(labels) - len(badcases)) / len(labels)
         return {
             "score": accuracy,
@@ -309,6 +322,7 @@ class Main:
             "per_class": per_class,
             "confusion_matrix": {"labels": names, "matrix": matrix},
             "badcases": badcases,
+            "predictions": every,
         }
 
     def save(self) -> None:
