@@ -16,20 +16,22 @@ a delivery.
 
 Each simulated agent is one asyncio task in this process that does what agent/daemon.py does: `hello`,
 then `GET /agent/commands?wait=30` again and again through nginx with its machine's token, on one
-keep-alive connection of its own (its poll is its heartbeat: the API marks the machine seen); on a start
-it acks, and either reports `launched` and from then on posts a telemetry batch of 50 points a second on
-a second connection (the `--telemetry-share` of agents, 5 %), or reports `exited` at once (delivery
-targets). `--client raw` (the default) speaks minimal HTTP/1.1 on asyncio streams; `--client httpx` uses
-one `httpx.AsyncClient` a replica-facing address with a connection pool bounded at N + 64.
+keep-alive connection of its own (its poll is its heartbeat: the API marks the machine seen). The first
+poll's wait is drawn between 15 and 30 s, so that the fleet's polls end spread out, as agents started
+at different times do, not in one wave. On a start it acks, and either reports `launched` and from then
+on posts a telemetry batch of 50 points a second on a second connection (the `--telemetry-share` of
+agents, 5 %), or reports `exited` at once (delivery targets). `--client raw` (the default) speaks
+minimal HTTP/1.1 on asyncio streams; `--client httpx` shares one `httpx.AsyncClient` (its pool bounded
+at N + 64 connections) among the agents.
 
 Measured once every agent is held (the sum of `trainyard_long_polls_waiting` over the replicas' /metrics
-reaches N), over a window of deliveries: a start of a random delivery target's process posted to a random
-replica, timed from just before that call until the agent's poll returns that start (one at a time, a
-short pause between); the replicas' CPU (psutil, user + system over the window, in % of one core) and
-RSS (largest sample); `pg_stat_activity` rows for the scratch database (largest sample, every 0.5 s,
-the bench's own connection is on another database); `metric_points` rows stored per second over the
-window; the held polls' smallest sum while deliveries ran (a poll answered is re-sent at once, so a few
-may be in flight at any instant).
+reaches N), over a window of deliveries: a start of a random delivery target's process posted to a
+random replica, timed from just before that call until the agent's poll returns that start (one at a
+time, a short pause between; the start call's own time beside it); the replicas' CPU (psutil, user +
+system over the window, in % of one core) and RSS (largest sample); `pg_stat_activity` rows for the
+scratch database (largest sample, every 0.5 s; the bench's own connection is on another database) and
+those backends' CPU; `metric_points` rows stored per second over the window; the held polls' smallest
+sum while deliveries ran (a poll answered is re-sent at once, so a few may be in flight at any instant).
 """
 
 import argparse
@@ -328,9 +330,12 @@ class Fleet:
             if status != 200:
                 self.errors.append(f"{machine.name} hello: HTTP {status} {content[:200]!r}")
                 return
+            # A fleet's polls end at all moments, not in one wave: the first poll's wait is drawn.
+            wait = random.Random(machine.name).randint(WAIT // 2, WAIT)
             while not self.stopping:
                 machine.sending_since = time.monotonic()
-                status, content = await conn.request("GET", f"/api/v1/agent/commands?wait={WAIT}")
+                status, content = await conn.request("GET", f"/api/v1/agent/commands?wait={wait}")
+                wait = WAIT
                 answered = time.perf_counter()
                 machine.polls += 1
                 machine.sending_since = math.inf  # busy with what it brought: not a delivery target now
@@ -408,6 +413,7 @@ class Figures:
     held_max: int = 0
     held_min_window: int = 0
     delivered: list[float] = field(default_factory=list)
+    start_calls: list[float] = field(default_factory=list)
     window_seconds: float = 0.0
     cpu_percent: dict[str, float] = field(default_factory=dict)  # % of one core over the window
     rss: dict[str, int] = field(default_factory=dict)
@@ -558,13 +564,22 @@ async def measure(
         rss: dict[str, list[int]] = {r.name: [] for r in replicas}
         sampling = True
 
+        backends: dict[int, list[float]] = {}  # pid: [its CPU seconds when first seen, when last seen]
+
+        async def connections(first: bool = False) -> int:
+            """The scratch database's backends now; their CPU noted (a backend born in the window from 0)."""
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+            pids = [int(row[0]) for row in await (await pg.execute(query, (database,))).fetchall()]
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    seconds = sum(psutil.Process(pid).cpu_times()[:2])
+                    backends.setdefault(pid, [seconds if first else 0.0, seconds])[1] = seconds
+            return len(pids)
+
         async def sample() -> None:
             while sampling:
                 samples["held"].append(await held(replicas, monitor))
-                row = await (
-                    await pg.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,))
-                ).fetchone()
-                samples["pg"].append(int(row[0]) if row else 0)
+                samples["pg"].append(await connections())
                 for r in replicas:
                     rss[r.name].append(int(r.psutil.memory_info().rss))
                 await asyncio.sleep(0.5)
@@ -581,6 +596,7 @@ async def measure(
             return taken
 
         points_before, batches_before, cpu_before = await points(), running.batches, cpu()
+        await connections(first=True)
         window_began = time.monotonic()
         sampler = asyncio.create_task(sample())
         candidates = [m for m in machines if m.process and not m.telemetry]
@@ -593,6 +609,7 @@ async def measure(
             machine.started = asyncio.get_running_loop().create_future()
             asked = time.perf_counter()
             call = await admin.post(f"{machine.process}/start")
+            figures.start_calls.append(time.perf_counter() - asked)
             call.raise_for_status()
             answered = await asyncio.wait_for(machine.started, BOUND_SECONDS)
             figures.delivered.append(answered - asked)
@@ -604,6 +621,9 @@ async def measure(
         cpu_after, batches_after, points_after = cpu(), running.batches, await points()
         sampling = False
         await sampler
+        await connections()
+        cpu_before["postgres (its backends)"] = 0.0
+        cpu_after["postgres (its backends)"] = sum(last - first for first, last in backends.values())
         figures.cpu_percent = {
             k: 100 * (cpu_after[k] - cpu_before[k]) / figures.window_seconds for k in cpu_after
         }
@@ -655,6 +675,11 @@ def report(runs: list[Figures]) -> None:
             "",
         ),
         ("command delivery p99", [ms(percentile(f.delivered, 99)) for f in runs], "<= 100 ms"),
+        (
+            "the start call alone (admin POST .../start to a replica), p50 / p99",
+            [f"{ms(statistics.median(f.start_calls))} / {ms(percentile(f.start_calls, 99))}" for f in runs],
+            "",
+        ),
         ("deliveries / window (s)", [f"{len(f.delivered)} / {f.window_seconds:.0f}" for f in runs], ""),
     ]
     for name in ("a", "b"):
@@ -673,6 +698,11 @@ def report(runs: list[Figures]) -> None:
         (
             "the bench's agents CPU (% of one core)",
             [f"{f.cpu_percent['bench (agents)']:.0f}" for f in runs],
+            "",
+        ),
+        (
+            "PostgreSQL: the database's backends' CPU (% of one core)",
+            [f"{f.cpu_percent['postgres (its backends)']:.0f}" for f in runs],
             "",
         ),
         (
