@@ -1,5 +1,6 @@
-"""What the Packages and Datasets pages' uploads share: the CSRF check of a streamed body, and the two
-answers (JSON for `upload.js`, a redirect or the page again without script).
+"""What the Packages and Datasets pages' uploads share: the route's steps (`receive`), the CSRF check of
+a streamed body, and the two answers (JSON for `upload.js`, a redirect or the page again without
+script).
 
 An upload streams into scratch files as the REST upload routes do (`api/core/uploads.py`), so its
 CSRF token cannot come from `request.form()` (that would read the whole body first). A script sends
@@ -9,14 +10,26 @@ anything is stored or changed (a forged upload leaves nothing: the scratch files
 """
 
 import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import Request
-from starlette.responses import JSONResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from api.console import csrf
-from api.console.pages import redirect
-from api.console.session import ConsoleSession
-from api.core.uploads import Upload
+from api.console.common import InProject, require
+from api.console.pages import PageAnswer, redirect
+from api.console.session import ConsoleSession, audit
+from api.core.blobs import BlobStore
+from api.core.errors import TrainyardError
+from api.core.security import Permission
+from api.core.unit_of_work import commit_early
+from api.core.uploads import Upload, receive_multipart
+from api.models import Project
+from api.projects.service import get_project
+
+T = TypeVar("T")
 
 # The console's own fields of an upload's form, taken out before the REST route's checks see it.
 CONSOLE_FIELDS = ("csrf_token",)
@@ -48,3 +61,48 @@ def done(script: bool, url: str, **facts: object) -> Response:
     if script:
         return JSONResponse({"url": url, **facts}, status_code=201)
     return redirect(url)
+
+
+async def receive(
+    request: Request,
+    session: AsyncSession,
+    blobs: BlobStore,
+    where: InProject,
+    *,
+    permission: Permission,
+    limits: dict[str, int],
+    listing: Callable[[], Awaitable[dict[str, Any]]],
+    list_page: Callable[..., HTMLResponse],
+    name_field: str,
+    check_name: Callable[[str], str],
+    stage: Callable[[Upload], Awaitable[T]],
+    record: Callable[[Project, str, T], Awaitable[tuple[str, dict[str, object]]]],
+    action: str,
+) -> Response:
+    """An upload form's route, step by step as its REST route: the body streams into scratch files
+    (`limits`: `receive_multipart`'s), the name field is checked, `stage` checks and stores the files,
+    and `record` makes the version (its page's URL and the facts `upload.js` is told). Without script a
+    refusal draws the list page again (`list_page` with `upload_error` and `upload_name`)."""
+    script = from_script(request, where.signed_in)
+    require(request, where, permission)
+    # Without script a refusal draws the page again: read it before anything is tried.
+    listed = None if script else await listing()
+    name = ""
+    await commit_early(session, "the upload's body streams in next: an upload holds no connection")
+    try:
+        async with receive_multipart(request, blobs, **limits) as upload:
+            check_form(upload, script, where.signed_in)
+            name = upload.fields.pop(name_field, "")
+            name = check_name(name)
+            staged = await stage(upload)
+        found = await get_project(session, where.project.name)  # deleted while the body streamed in
+        url, facts = await record(found, name, staged)
+    except TrainyardError as error:
+        if script or listed is None:
+            raise
+        page = list_page(
+            request, where, listed, upload_error=error.detail, upload_name=name, status_code=error.status_code
+        )
+        raise PageAnswer(page) from None
+    audit(session, request, where.principal, action)
+    return done(script, url, **facts)

@@ -36,11 +36,10 @@ from api.core.errors import TrainyardError
 from api.core.schemas import MAX_PAGE_SIZE, PageParams
 from api.core.security import Permission
 from api.core.unit_of_work import commit_early
-from api.core.uploads import receive_multipart
+from api.core.uploads import Upload
 from api.datasets import export, service, staging
 from api.datasets.service import decode_path_cursor, encode_path_cursor
-from api.models import Dataset, DatasetVersion
-from api.projects.service import get_project
+from api.models import Dataset, DatasetVersion, Project
 
 PAGE = "datasets"
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -170,38 +169,32 @@ async def upload_dataset(
     request: Request, session: SessionDep, blobs: BlobsDep, settings: SettingsDep, where: ProjectPage
 ) -> Response:
     """What `POST .../datasets/{dataset}/versions` does, the dataset named by the form's `dataset`."""
-    script = _uploads.from_script(request, where.signed_in)
-    require(request, where, Permission.DATASETS_UPLOAD)
-    listing = None if script else await _listing(session, where, None)
-    name = ""
-    await commit_early(session, "the dataset's body streams in next: an upload holds no connection")
-    try:
-        async with receive_multipart(
-            request, blobs, max_bytes=settings.max_dataset_bytes, max_files=settings.max_archive_files
-        ) as upload:
-            _uploads.check_form(upload, script, where.signed_in)
-            name = upload.fields.pop("dataset", "")
-            name = service.check_name(name)
-            if not upload.fields.get("description"):
-                upload.fields.pop("description", None)  # an empty field keeps the description
-            staged = await staging.stage(blobs, upload, settings.archive_limits())
-        found = await get_project(session, where.project.name)
+
+    async def stage(upload: Upload) -> staging.StagedUpload:
+        if not upload.fields.get("description"):
+            upload.fields.pop("description", None)  # an empty field keeps the description
+        return await staging.stage(blobs, upload, settings.archive_limits())
+
+    async def record(
+        found: Project, name: str, staged: staging.StagedUpload
+    ) -> tuple[str, dict[str, object]]:
         dataset, version = await service.add_version(session, found, name, staged, where.principal.id)
-    except TrainyardError as error:
-        if script or listing is None:
-            raise
-        page = _list_page(
-            request,
-            where,
-            listing,
-            upload_error=error.detail,
-            upload_name=name,
-            status_code=error.status_code,
-        )
-        raise PageAnswer(page) from None
-    audit(session, request, where.principal, "datasets_versions_upload")
-    return _uploads.done(
-        script, version_url(found.name, dataset.name, version.number), version=version.number
+        return version_url(found.name, dataset.name, version.number), {"version": version.number}
+
+    return await _uploads.receive(
+        request,
+        session,
+        blobs,
+        where,
+        permission=Permission.DATASETS_UPLOAD,
+        limits={"max_bytes": settings.max_dataset_bytes, "max_files": settings.max_archive_files},
+        listing=lambda: _listing(session, where, None),
+        list_page=_list_page,
+        name_field="dataset",
+        check_name=service.check_name,
+        stage=stage,
+        record=record,
+        action="datasets_versions_upload",
     )
 
 

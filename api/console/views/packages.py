@@ -19,17 +19,17 @@ from api.console.nav import project_url
 from api.console.pages import PageAnswer, redirect, render
 from api.console.session import audit
 from api.console.views import _uploads
+from api.core.blobs import StoredBlob
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import blob_response
 from api.core.errors import InvalidInput, NotFound, TrainyardError
 from api.core.schemas import MAX_PAGE_SIZE, PageParams
 from api.core.security import Permission
-from api.core.unit_of_work import commit_early
-from api.core.uploads import receive_multipart
-from api.models import Package, PackageVersion
+from api.core.uploads import Upload
+from api.models import Package, PackageVersion, Project
 from api.packages import service
-from api.projects.service import get_project
+from api.packages.inspect import PackageInfo
 from shared.versions import Version
 
 PAGE = "packages"
@@ -108,41 +108,39 @@ async def upload_package(
     request: Request, session: SessionDep, blobs: BlobsDep, settings: SettingsDep, where: ProjectPage
 ) -> Response:
     """What `POST .../packages/{package}/versions` does, the package named by the form's `package`."""
-    script = _uploads.from_script(request, where.signed_in)
-    require(request, where, Permission.PACKAGES_UPLOAD)
-    # Without script a refusal draws the page again: read it before anything is tried.
-    listing = None if script else await _listing(session, where, None)
-    name = ""
-    await commit_early(session, "the package's body streams in next")
-    try:
-        async with receive_multipart(request, blobs, max_bytes=settings.max_package_bytes) as upload:
-            _uploads.check_form(upload, script, where.signed_in)
-            name = upload.fields.get("package", "")
-            name = service.check_name(name)
-            files = upload.files_named("file")
-            if len(files) != 1 or not (files[0].filename or files[0].size):
-                raise InvalidInput("choose the package zip to send", code="file_required", field="file")
-            info = await service.check_package(files[0].path, settings.archive_limits())
-            stored = await blobs.put_file(files[0].path)
-        found = await get_project(session, where.project.name)  # deleted while the body streamed in
+
+    async def stage(upload: Upload) -> tuple[StoredBlob, PackageInfo]:
+        files = upload.files_named("file")
+        if len(files) != 1 or not (files[0].filename or files[0].size):
+            raise InvalidInput("choose the package zip to send", code="file_required", field="file")
+        info = await service.check_package(files[0].path, settings.archive_limits())
+        return await blobs.put_file(files[0].path), info
+
+    async def record(
+        found: Project, name: str, staged: tuple[StoredBlob, PackageInfo]
+    ) -> tuple[str, dict[str, object]]:
+        stored, info = staged
         package, version = await service.add_uploaded_version(
             session, found, name, stored, info, where.principal.id
         )
-    except TrainyardError as error:
-        if script or listing is None:
-            raise
-        page = _list_page(
-            request,
-            where,
-            listing,
-            upload_error=error.detail,
-            upload_name=name,
-            status_code=error.status_code,
-        )
-        raise PageAnswer(page) from None
-    audit(session, request, where.principal, "packages_versions_upload")
-    number = str(Version(version.major, version.minor))
-    return _uploads.done(script, version_url(found.name, package.name, number), version=number)
+        number = str(Version(version.major, version.minor))
+        return version_url(found.name, package.name, number), {"version": number}
+
+    return await _uploads.receive(
+        request,
+        session,
+        blobs,
+        where,
+        permission=Permission.PACKAGES_UPLOAD,
+        limits={"max_bytes": settings.max_package_bytes},
+        listing=lambda: _listing(session, where, None),
+        list_page=_list_page,
+        name_field="package",
+        check_name=service.check_name,
+        stage=stage,
+        record=record,
+        action="packages_versions_upload",
+    )
 
 
 @router.get("/projects/{project}/packages/{package}/")
