@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,46 @@ PathArg = Annotated[Path, typer.Argument(help="A zip, or a folder (zipped on the
 
 def _base(project_name: str | None, kind: str) -> str:
     return f"/projects/{segment(project(project_name))}/{kind}"
+
+
+def _list(
+    project_name: str | None,
+    kind: str,
+    limit: int | None,
+    as_json: bool,
+    table: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """`list`: the project's `kind` (packages, datasets, models), as JSON or as `table` prints them."""
+    with api() as client:
+        rows = client.items(_base(project_name, kind), limit=limit)
+    if as_json:
+        output.print_json(rows)
+        return
+    table(rows)
+
+
+def _show(
+    project_name: str | None,
+    kind: str,
+    name: str,
+    version: str | None,
+    as_json: bool,
+    version_fields: Callable[[dict[str, Any]], list[tuple[str, object]]],
+    versions_table: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """`show`: one package or dataset (its name, description and versions), or one of its versions."""
+    base = f"{_base(project_name, kind)}/{segment(name)}"
+    with api() as client:
+        if version is not None:
+            found = client.get(f"{base}/versions/{segment(version)}")
+            return output.print_json(found) if as_json else output.fields(version_fields(found))
+        item = client.get(base)
+        versions = client.items(f"{base}/versions")
+    if as_json:
+        output.print_json({**item, "versions": versions})
+        return
+    output.fields([(kind[:-1], item["name"]), ("description", item["description"])])
+    versions_table(versions)
 
 
 def _version_fields(v: dict[str, Any]) -> list[tuple[str, object]]:
@@ -66,11 +107,10 @@ def _versions_table(rows: list[dict[str, Any]], empty: str) -> None:
 @packages.command("list")
 def packages_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The project's packages, with their latest versions."""
-    with api() as client:
-        rows = client.items(_base(project_name, "packages"), limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
+    _list(project_name, "packages", limit, as_json, _packages_table)
+
+
+def _packages_table(rows: list[dict[str, Any]]) -> None:
     output.table(
         rows,
         [
@@ -88,18 +128,15 @@ def packages_show(
     name: str, version: VersionArg = None, project_name: ProjectOpt = None, as_json: JsonOpt = False
 ) -> None:
     """A package and its versions, or one version."""
-    base = f"{_base(project_name, 'packages')}/{segment(name)}"
-    with api() as client:
-        if version is not None:
-            found = client.get(f"{base}/versions/{segment(version)}")
-            return output.print_json(found) if as_json else output.fields(_version_fields(found))
-        package = client.get(base)
-        versions = client.items(f"{base}/versions")
-    if as_json:
-        output.print_json({**package, "versions": versions})
-        return
-    output.fields([("package", package["name"]), ("description", package["description"])])
-    _versions_table(versions, "no versions")
+    _show(
+        project_name,
+        "packages",
+        name,
+        version,
+        as_json,
+        _version_fields,
+        lambda versions: _versions_table(versions, "no versions"),
+    )
 
 
 @packages.command("upload")
@@ -138,11 +175,10 @@ def _dataset_version_fields(v: dict[str, Any]) -> list[tuple[str, object]]:
 @datasets.command("list")
 def datasets_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The project's datasets."""
-    with api() as client:
-        rows = client.items(_base(project_name, "datasets"), limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
+    _list(project_name, "datasets", limit, as_json, _datasets_table)
+
+
+def _datasets_table(rows: list[dict[str, Any]]) -> None:
     output.table(
         rows,
         [
@@ -159,17 +195,10 @@ def datasets_show(
     name: str, version: VersionArg = None, project_name: ProjectOpt = None, as_json: JsonOpt = False
 ) -> None:
     """A dataset and its versions, or one version (a number or `latest`)."""
-    base = f"{_base(project_name, 'datasets')}/{segment(name)}"
-    with api() as client:
-        if version is not None:
-            found = client.get(f"{base}/versions/{segment(version)}")
-            return output.print_json(found) if as_json else output.fields(_dataset_version_fields(found))
-        dataset = client.get(base)
-        versions = client.items(f"{base}/versions")
-    if as_json:
-        output.print_json({**dataset, "versions": versions})
-        return
-    output.fields([("dataset", dataset["name"]), ("description", dataset["description"])])
+    _show(project_name, "datasets", name, version, as_json, _dataset_version_fields, _dataset_versions_table)
+
+
+def _dataset_versions_table(versions: list[dict[str, Any]]) -> None:
     output.table(
         versions,
         [
@@ -224,12 +253,13 @@ def datasets_upload(
 @models.command("list")
 def models_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Versions that training runs made, with their metrics."""
-    with api() as client:
-        rows = client.items(_base(project_name, "models"), limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    _versions_table(rows, "no trained models yet: start a process")
+    _list(
+        project_name,
+        "models",
+        limit,
+        as_json,
+        lambda rows: _versions_table(rows, "no trained models yet: start a process"),
+    )
 
 
 @models.command("show")
