@@ -1,4 +1,5 @@
-"""Helpers of the console's tests: a person with a password, and signing in as a browser does."""
+"""Helpers of the console's tests: a person with a password, signing in as a browser does, and a project
+with an administrator and a viewer."""
 
 import re
 from typing import Any
@@ -27,3 +28,12 @@ async def sign_in(browser: AsyncClient, name: str, password: str = PASSWORD, nex
     assert form.status_code == 200, form.text
     data = {"username": name, "password": password, "next": next, "csrf_token": csrf_of(form)}
     return await browser.post("/ui/sign-in", data=data)
+
+
+async def seed_project(admin: AsyncClient, project: str = "digits") -> AsyncClient:
+    """`project`, with ann (an administrator) and vera (its viewer); `admin` returned for a fixture."""
+    assert (await admin.post("/projects", json={"name": project})).status_code == 201
+    await make_person(admin, "ann", is_admin=True)
+    await make_person(admin, "vera")
+    assert (await admin.put(f"/projects/{project}/members/vera", json={"role": "viewer"})).status_code == 200
+    return admin

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
 from api.console.views import datasets as page
-from tests.console.kit import csrf_of, make_person, sign_in
+from tests.console.kit import csrf_of, seed_project, sign_in
 
 BASE = "/ui/projects/digits/datasets/"
 HOSTILE = "<img src=x onerror=alert(1)>.png"
@@ -26,11 +26,7 @@ async def browser(app: FastAPI) -> AsyncIterator[AsyncClient]:
 
 @pytest.fixture
 async def seeded(client: AsyncClient) -> AsyncClient:
-    assert (await client.post("/projects", json={"name": "digits"})).status_code == 201
-    await make_person(client, "ann", is_admin=True)
-    await make_person(client, "vera")
-    assert (await client.put("/projects/digits/members/vera", json={"role": "viewer"})).status_code == 200
-    return client
+    return await seed_project(client)
 
 
 def _zip(files: dict[str, bytes]) -> bytes:

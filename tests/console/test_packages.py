@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from tests.console.kit import csrf_of, make_person, sign_in
+from tests.console.kit import csrf_of, seed_project, sign_in
 from tests.examples.conftest import EXAMPLES, PACKAGES, load_module
 
 zip_package = load_module(EXAMPLES / "zip_package.py", "trainyard_example_zip_package")
@@ -26,11 +26,7 @@ async def browser(app: FastAPI) -> AsyncIterator[AsyncClient]:
 
 @pytest.fixture
 async def seeded(client: AsyncClient) -> AsyncClient:
-    assert (await client.post("/projects", json={"name": "digits"})).status_code == 201
-    await make_person(client, "ann", is_admin=True)
-    await make_person(client, "vera")
-    assert (await client.put("/projects/digits/members/vera", json={"role": "viewer"})).status_code == 200
-    return client
+    return await seed_project(client)
 
 
 def _digits() -> bytes:
