@@ -8,6 +8,7 @@ import typer
 
 from cli import config, output
 from cli.client import segment
+from cli.commands._listing import listed
 from cli.options import JsonOpt, LimitOpt, api
 
 projects = typer.Typer(help="Projects: the scope of templates, processes, packages, datasets and models.")
@@ -40,15 +41,12 @@ def _project_fields(p: dict[str, Any]) -> list[tuple[str, object]]:
 @projects.command("list")
 def projects_list(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The projects you may see."""
-    with api() as client:
-        rows = client.items("/projects", limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
     default = config.settings().project
-    output.table(
-        rows,
-        [
+    listed(
+        "/projects",
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("", lambda p: "*" if p["name"] == default else ""),
             ("NAME", lambda p: p["name"]),
             ("TEMPLATES", lambda p: p["template_count"]),
@@ -94,14 +92,11 @@ def projects_use(name: NameArg, as_json: JsonOpt = False) -> None:
 @model_types.command("list")
 def model_types_list(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The model types."""
-    with api() as client:
-        rows = client.items("/model-types", limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    output.table(
-        rows,
-        [("NAME", lambda t: t["name"]), ("DESCRIPTION", lambda t: t["description"])],
+    listed(
+        "/model-types",
+        limit=limit,
+        as_json=as_json,
+        columns=[("NAME", lambda t: t["name"]), ("DESCRIPTION", lambda t: t["description"])],
         empty="no model types yet: `trainyard model-types create NAME` (administrators)",
     )
 
@@ -146,14 +141,11 @@ def _machine_fields(m: dict[str, Any]) -> list[tuple[str, object]]:
 @machines.command("list")
 def machines_list(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The target machines, online or not."""
-    with api() as client:
-        rows = client.items("/machines", limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    output.table(
-        rows,
-        [
+    listed(
+        "/machines",
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("NAME", lambda m: m["name"]),
             ("ADDRESS", lambda m: m["address"]),
             (

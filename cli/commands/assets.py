@@ -11,6 +11,7 @@ import typer
 
 from cli import output, upload
 from cli.client import segment
+from cli.commands._listing import listed
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
 
 packages = typer.Typer(help="ML packages and their versions (1.0 uploaded, 1.1 trained, ...).")
@@ -23,22 +24,6 @@ PathArg = Annotated[Path, typer.Argument(help="A zip, or a folder (zipped on the
 
 def _base(project_name: str | None, kind: str) -> str:
     return f"/projects/{segment(project(project_name))}/{kind}"
-
-
-def _list(
-    project_name: str | None,
-    kind: str,
-    limit: int | None,
-    as_json: bool,
-    table: Callable[[list[dict[str, Any]]], None],
-) -> None:
-    """`list`: the project's `kind` (packages, datasets, models), as JSON or as `table` prints them."""
-    with api() as client:
-        rows = client.items(_base(project_name, kind), limit=limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    table(rows)
 
 
 def _show(
@@ -83,22 +68,18 @@ def _number(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+_VERSION_COLUMNS: list[output.Column] = [
+    ("PACKAGE", lambda v: v["package"]),
+    ("VERSION", lambda v: v["version"]),
+    ("ORIGIN", lambda v: v["origin"]),
+    ("PARENT", lambda v: v.get("parent_version") or "-"),
+    ("ACCURACY", lambda v: _number(((v.get("lineage") or {}).get("metrics") or {}).get("accuracy", "-"))),
+    ("CREATED", lambda v: output.when(v["created_at"])),
+]
+
+
 def _versions_table(rows: list[dict[str, Any]], empty: str) -> None:
-    output.table(
-        rows,
-        [
-            ("PACKAGE", lambda v: v["package"]),
-            ("VERSION", lambda v: v["version"]),
-            ("ORIGIN", lambda v: v["origin"]),
-            ("PARENT", lambda v: v.get("parent_version") or "-"),
-            (
-                "ACCURACY",
-                lambda v: _number(((v.get("lineage") or {}).get("metrics") or {}).get("accuracy", "-")),
-            ),
-            ("CREATED", lambda v: output.when(v["created_at"])),
-        ],
-        empty=empty,
-    )
+    output.table(rows, _VERSION_COLUMNS, empty=empty)
 
 
 # --- packages
@@ -107,13 +88,11 @@ def _versions_table(rows: list[dict[str, Any]], empty: str) -> None:
 @packages.command("list")
 def packages_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The project's packages, with their latest versions."""
-    _list(project_name, "packages", limit, as_json, _packages_table)
-
-
-def _packages_table(rows: list[dict[str, Any]]) -> None:
-    output.table(
-        rows,
-        [
+    listed(
+        _base(project_name, "packages"),
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("NAME", lambda p: p["name"]),
             ("LATEST", lambda p: p["latest_version"] or "-"),
             ("VERSIONS", lambda p: p["version_count"]),
@@ -175,13 +154,11 @@ def _dataset_version_fields(v: dict[str, Any]) -> list[tuple[str, object]]:
 @datasets.command("list")
 def datasets_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """The project's datasets."""
-    _list(project_name, "datasets", limit, as_json, _datasets_table)
-
-
-def _datasets_table(rows: list[dict[str, Any]]) -> None:
-    output.table(
-        rows,
-        [
+    listed(
+        _base(project_name, "datasets"),
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("NAME", lambda d: d["name"]),
             ("LATEST", lambda d: d["latest_version"] or "-"),
             ("DESCRIPTION", lambda d: d["description"]),
@@ -253,12 +230,12 @@ def datasets_upload(
 @models.command("list")
 def models_list(project_name: ProjectOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Versions that training runs made, with their metrics."""
-    _list(
-        project_name,
-        "models",
-        limit,
-        as_json,
-        lambda rows: _versions_table(rows, "no trained models yet: start a process"),
+    listed(
+        _base(project_name, "models"),
+        limit=limit,
+        as_json=as_json,
+        columns=_VERSION_COLUMNS,
+        empty="no trained models yet: start a process",
     )
 
 

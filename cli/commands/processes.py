@@ -8,6 +8,7 @@ import typer
 
 from cli import output
 from cli.client import segment
+from cli.commands._listing import listed
 from cli.errors import UsageProblem
 from cli.follow import follow
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, YesOpt, api, project
@@ -68,14 +69,12 @@ def processes_list(
     """The project's processes with their status and latest run."""
     base = _base(project_name)
     path = f"{base}/templates/{segment(template)}/processes" if template else f"{base}/processes"
-    with api() as client:
-        rows = client.items(path, {"status": status} if status else None, limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    output.table(
-        rows,
-        [
+    listed(
+        path,
+        params={"status": status} if status else None,
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("ID", lambda p: p["id"]),
             ("TEMPLATE", lambda p: p["template"]),
             ("MACHINE", lambda p: p["machine"]),

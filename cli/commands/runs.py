@@ -8,6 +8,7 @@ import typer
 
 from cli import output
 from cli.client import Patience, segment
+from cli.commands._listing import listed
 from cli.errors import ApiError, Unreachable
 from cli.follow import follow, wait_seconds
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
@@ -52,14 +53,12 @@ def runs_list(
     """The project's runs (or one process's)."""
     base = f"/projects/{segment(project(project_name))}"
     path = f"{base}/processes/{segment(process)}/runs" if process else f"{base}/runs"
-    with api() as client:
-        rows = client.items(path, {"status": status} if status else None, limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    output.table(
-        rows,
-        [
+    listed(
+        path,
+        params={"status": status} if status else None,
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("ID", lambda r: r["id"]),
             ("#", lambda r: r["number"]),
             ("MACHINE", lambda r: r["machine"]),

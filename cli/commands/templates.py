@@ -9,6 +9,7 @@ import typer
 
 from cli import output
 from cli.client import segment
+from cli.commands._listing import listed
 from cli.errors import UsageProblem
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
 
@@ -67,14 +68,12 @@ def templates_list(
 ) -> None:
     """The project's templates."""
     params = {"model_type": model_type} if model_type else None
-    with api() as client:
-        rows = client.items(f"/projects/{segment(project(project_name))}/templates", params, limit)
-    if as_json:
-        output.print_json(rows)
-        return
-    output.table(
-        rows,
-        [
+    listed(
+        f"/projects/{segment(project(project_name))}/templates",
+        params=params,
+        limit=limit,
+        as_json=as_json,
+        columns=[
             ("NAME", lambda t: t["name"]),
             ("MODEL TYPE", lambda t: t["model_type"]),
             ("PIPELINE", lambda t: t["pipeline_type"]),
