@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from api.console import csrf
 from api.console.common import InProject, require
-from api.console.pages import PageAnswer, redirect
+from api.console.pages import PageAnswer, redirect, render
 from api.console.session import ConsoleSession, audit
 from api.core.blobs import BlobStore
 from api.core.errors import TrainyardError
@@ -61,6 +61,35 @@ def done(script: bool, url: str, **facts: object) -> Response:
     if script:
         return JSONResponse({"url": url, **facts}, status_code=201)
     return redirect(url)
+
+
+def list_page(
+    request: Request,
+    where: InProject,
+    listing: dict[str, Any],
+    *,
+    page: str,
+    template: str,
+    urls: dict[str, Any],
+    list_url: Callable[[str], str],
+    permission: Permission,
+    upload_error: str | None = None,
+    upload_name: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    """A list page with its upload form (`list_url(project)` + `upload`), as drawn again on a refusal
+    with the refusal's message and the name that was sent."""
+    context = where.context(
+        active=page,
+        **listing,
+        **urls,
+        may_upload=where.can(permission),
+        upload_error=upload_error,
+        upload_name=upload_name,
+        fixed_name="",
+        upload_action=f"{list_url(where.project.name)}upload",
+    )
+    return render(request, template, context, signed_in=where.signed_in, status_code=status_code)
 
 
 async def receive(

@@ -10,6 +10,7 @@ transaction of its own.
 
 import unicodedata
 from contextlib import ExitStack
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -134,26 +135,14 @@ async def _listing(session: SessionDep, where: InProject, cursor: str | None) ->
     return {"datasets": page.items, "next_cursor": page.next_cursor}
 
 
-def _list_page(
-    request: Request,
-    where: InProject,
-    listing: dict[str, Any],
-    *,
-    upload_error: str | None = None,
-    upload_name: str = "",
-    status_code: int = 200,
-) -> HTMLResponse:
-    context = where.context(
-        active=PAGE,
-        **listing,
-        **_urls(),
-        may_upload=where.can(Permission.DATASETS_UPLOAD),
-        upload_error=upload_error,
-        upload_name=upload_name,
-        fixed_name="",
-        upload_action=f"{datasets_url(where.project.name)}upload",
-    )
-    return render(request, "datasets/list.html", context, signed_in=where.signed_in, status_code=status_code)
+_list_page = partial(
+    _uploads.list_page,
+    page=PAGE,
+    template="datasets/list.html",
+    urls=_urls(),
+    list_url=datasets_url,
+    permission=Permission.DATASETS_UPLOAD,
+)
 
 
 @router.get("/projects/{project}/datasets/")

@@ -8,6 +8,7 @@ sha256, and recorded as the next major version in a short transaction of its own
 whole in memory and no database connection is held while the bytes arrive.
 """
 
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -74,25 +75,14 @@ async def _listing(session: SessionDep, where: InProject, cursor: str | None) ->
     return {"packages": page.items, "next_cursor": page.next_cursor}
 
 
-def _list_page(
-    request: Request,
-    where: InProject,
-    listing: dict[str, Any],
-    *,
-    upload_error: str | None = None,
-    upload_name: str = "",
-    status_code: int = 200,
-) -> HTMLResponse:
-    context = where.context(
-        active=PAGE,
-        **listing,
-        **_urls(),
-        may_upload=where.can(Permission.PACKAGES_UPLOAD),
-        upload_error=upload_error,
-        upload_name=upload_name,
-        upload_action=f"{packages_url(where.project.name)}upload",
-    )
-    return render(request, "packages/list.html", context, signed_in=where.signed_in, status_code=status_code)
+_list_page = partial(
+    _uploads.list_page,
+    page=PAGE,
+    template="packages/list.html",
+    urls=_urls(),
+    list_url=packages_url,
+    permission=Permission.PACKAGES_UPLOAD,
+)
 
 
 @router.get("/projects/{project}/packages/")
