@@ -267,5 +267,12 @@ def test_evaluation_shows_per_class_metrics_and_a_badcase_image(page: Page, serv
     page.get_by_role("link", name="Browse the test set").click()
     expect(page.get_by_role("heading", name="Test set of run 1")).to_be_visible()
     expect(page.locator(".test-set img").first).to_be_visible()
+    # each sample with its true and predicted label (the digits package returns every prediction)
+    expect(page.locator(".test-set .predicted").first).not_to_have_text("?")
+    accessible(page)
+    page.locator("#test-set-show").select_option("wrong")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(".test-set li.wrong").first).to_be_visible()  # the badcase shown above, at least
+    assert page.locator(".test-set li.right").count() == 0
     accessible(page)
     assert watch.csp == [] and watch.dialogs == []
