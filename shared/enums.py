@@ -56,6 +56,8 @@ class PipelineType(StrEnum):
 class CommandKind(StrEnum):
     START_RUN = "start_run"
     STOP_RUN = "stop_run"
+    START_SERVICE = "start_service"
+    STOP_SERVICE = "stop_service"
 
 
 class CommandState(StrEnum):
@@ -78,3 +80,24 @@ class ActorKind(StrEnum):
     USER = "user"
     AGENT = "agent"
     SYSTEM = "system"
+
+
+class ServiceStatus(StrEnum):
+    """A published package version's life (docs/serving.md): `serving` while at least one instance
+    answers; `stopped` and `failed` are final until the next start."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class ServiceEventType(StrEnum):
+    """What an agent reports about one instance of a service (POST agent/services/{id}/events)."""
+
+    STARTING = "starting"
+    SERVING = "serving"
+    EXITED = "exited"
+    STOPPED = "stopped"

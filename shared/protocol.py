@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.enums import CommandKind, CommandState, PipelineType, ReasonCode, RunStatus
+from shared.enums import (
+    CommandKind,
+    CommandState,
+    PipelineType,
+    ReasonCode,
+    RunStatus,
+    ServiceEventType,
+    ServiceStatus,
+)
 
 MAX_POLL_WAIT_SECONDS = 30
 # The widths of the database's integer columns, on both databases (INTEGER and BIGINT on PostgreSQL;
@@ -47,11 +55,20 @@ class Hello(AgentRequest):
     hostname: str | None = Field(default=None, max_length=256)
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
     runs: list[uuid.UUID] = Field(default_factory=list, max_length=1024, description="Runs the agent has.")
+    capabilities: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=32, description="What this agent can do beyond the base protocol."
+    )
+    services: list[uuid.UUID] = Field(
+        default_factory=list, max_length=1024, description="Services the agent has instances of."
+    )
 
 
 class HelloReply(ApiReply):
     machine: str
     stop_runs: list[uuid.UUID] = Field(description="Runs the agent has that the API already ended.")
+    stop_services: list[uuid.UUID] = Field(
+        default_factory=list, description="Services the agent has that the API no longer wants served."
+    )
 
 
 class StartRunPayload(ApiReply):
@@ -93,10 +110,42 @@ class StopRunPayload(ApiReply):
     reason_code: ReasonCode
 
 
+# Serving (docs/serving.md): a package version published on a machine answers `predict` over HTTP.
+
+MAX_SERVICE_INSTANCES = 16
+
+
+class StartServicePayload(ApiReply):
+    """Everything the agent needs to serve one package version, frozen at the start."""
+
+    service_id: uuid.UUID
+    project: str
+    name: str
+    package: str
+    version: str
+    package_sha256: str = Field(description="Fetch it with GET services/{service_id}/package.")
+    package_root: str | None = Field(default=None, description="The zip's folder holding main.py, or ''.")
+    package_has_requirements: bool = False
+    max_run_seconds: int = Field(description="The agent stops every instance this long after the start.")
+    instances: int = Field(default=1, ge=1, le=MAX_SERVICE_INSTANCES)
+    gpus: int = 0
+    secret: str = Field(
+        description="Each instance answers only requests bearing `Authorization: Bearer <secret>`."
+    )
+
+
+class StopServicePayload(ApiReply):
+    service_id: uuid.UUID
+    reason_code: ReasonCode
+
+
 class Command(ApiReply):
     id: uuid.UUID
     kind: CommandKind
-    run_id: uuid.UUID
+    run_id: uuid.UUID | None = Field(default=None, description="Set on `start_run` and `stop_run`.")
+    service_id: uuid.UUID | None = Field(
+        default=None, description="Set on `start_service` and `stop_service`."
+    )
     created_at: datetime
     payload: dict[str, Any]
 
@@ -143,6 +192,32 @@ RunEvent = Annotated[
     LaunchedEvent | StageEvent | ExitedEvent | FinishedEvent,
     Field(discriminator="type"),
 ]
+
+
+class ServiceEvent(AgentRequest):
+    """One fact about one instance of a service. `serving`: it answers at `address`; `exited`: its
+    process ended (`restarting` when the agent starts it again after a backoff); `stopped`: the agent
+    stopped it (a stop command, or `max_duration` when its maximum run time passed)."""
+
+    type: ServiceEventType
+    instance: int = Field(default=0, ge=0, lt=MAX_SERVICE_INSTANCES)
+    address: str | None = Field(
+        default=None,
+        max_length=512,
+        description="`serving`: the base URL it answers on, e.g. http://host:port.",
+    )
+    pid: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    exit_code: int | None = Field(default=None, ge=INT32_MIN, le=INT32_MAX)
+    signal: int | None = Field(default=None, ge=1, le=128)
+    error_tail: str = Field(default="", max_length=ERROR_TAIL_MAX_CHARS)
+    restarting: bool = False
+    reason_code: ReasonCode | None = None
+
+
+class ServiceEventReply(ApiReply):
+    service_id: uuid.UUID
+    status: ServiceStatus
+    stop: bool = Field(description="True when the agent should stop (or not start) this service.")
 
 
 class ManifestFile(ApiReply):

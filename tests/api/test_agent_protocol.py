@@ -65,7 +65,7 @@ async def test_hello_records_the_agent_and_marks_the_machine_online(
     ]
     async with agent_client(app, world.agent_token) as agent:
         reply = ok(await agent.post("/hello", json={**HELLO, "gpus": gpus}))
-    assert reply == {"machine": world.machine, "stop_runs": []}
+    assert reply == {"machine": world.machine, "stop_runs": [], "stop_services": []}
     after = ok(await client.get(f"/machines/{world.machine}"))
     assert (after["online"], after["agent_version"], after["gpus"]) == (True, "0.1.0", gpus)
     assert after["last_seen_at"] is not None
@@ -89,7 +89,7 @@ async def test_hello_reconciles_the_machines_active_runs(client: AsyncClient, ap
         assert [c["run_id"] for c in delivered] == [runs["untaken"]["id"]]
 
         reply = ok(await agent.post("/hello", json={**HELLO, "runs": [runs["held"]["id"]]}))
-        assert reply == {"machine": world.machine, "stop_runs": []}
+        assert reply == {"machine": world.machine, "stop_runs": [], "stop_services": []}
         # The start it had not taken is offered again on its next poll: delivered at least once.
         again = [c for c in ok(await agent.get("/commands")) if c["kind"] == "start_run"]
         assert [c["id"] for c in again] == [delivered[0]["id"]]
