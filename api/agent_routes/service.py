@@ -74,6 +74,7 @@ async def hello(session: AsyncSession, notifier: Notifier, machine: Machine, dat
     """
     machine.agent_version = data.agent_version
     machine.gpus = [gpu.model_dump(mode="json") for gpu in data.gpus]
+    machine.capabilities = sorted(set(data.capabilities))  # an older agent's hello clears them
     await mark_seen(session, machine.id)
     held = set(data.runs)
     stop_runs: list[uuid.UUID] = []

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, String, Text
+from sqlalchemy import Boolean, CheckConstraint, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.models.base import Base, JSONDocument, new_id, utcnow
@@ -29,5 +29,7 @@ class Machine(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
     agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
     gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSONDocument, default=list)
+    # What the agent said it can do in its last hello (shared/direct_blobs.py's `direct_blobs`...).
+    capabilities: Mapped[list[str]] = mapped_column(JSONDocument, default=list, server_default=text("'[]'"))
     last_run_started_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
