@@ -80,10 +80,11 @@ class Machine:
 
 
 def install_runtime(work_dir: Path) -> Path:
-    """Copy the run-side files (runner.py, trainyard/) into the work dir, readable by every user, so a
-    package running as TRAINYARD_RUN_AS needs no access to wherever the agent is installed."""
+    """Copy the run-side files (runner.py, server.py, trainyard/) into the work dir, readable by every
+    user, so a package running as TRAINYARD_RUN_AS needs no access to wherever the agent is installed.
+    The runner's path is returned; the serving process (agent/services.py) is `server.py` beside it."""
     source = Path(__file__).resolve().parent / "runtime"
-    files = ["runner.py", "trainyard/__init__.py"]
+    files = ["runner.py", "server.py", "trainyard/__init__.py"]
     digest = _digest_of([source / name for name in files])
     target = Path(work_dir) / "runtime" / digest
     if not (target / "runner.py").is_file():
