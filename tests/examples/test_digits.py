@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 from api.templates.schemas import Augmentation
 from tests.examples.conftest import PACKAGES, PackageRun, copy_package, load_module, run_package
@@ -126,6 +127,16 @@ def test_predict_classifies_an_image(
     assert sorted(answer["probabilities"]) == [str(d) for d in range(10)]
     assert answer["confidence"] == max(answer["probabilities"].values())
     assert json.loads(model.predict(str(path)))["label"] == label
+    # The same image as 64 numbers 0..16 (scikit-learn's scale, what a JSON request to a service
+    # brings), as 8 rows of 8, and as JSON text: the same answer as its PNG.
+    with Image.open(path) as image:
+        numbers = [round(value * 16 / 255) for value in image.convert("L").tobytes()]
+    by_numbers = json.loads(model.predict(numbers))
+    assert by_numbers == answer
+    assert json.loads(model.predict([numbers[row * 8 : row * 8 + 8] for row in range(8)])) == answer
+    assert json.loads(model.predict(json.dumps(numbers).encode())) == answer
+    with pytest.raises(ValueError, match="64 numbers"):
+        model.predict([1, 2, 3])
 
 
 def test_augmentation_none_leaves_a_batch_unchanged_and_every_other_value_changes_it(

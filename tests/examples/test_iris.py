@@ -30,10 +30,16 @@ def test_the_iris_package_trains_evaluates_to_a_score_and_saves_its_model(
 
     monkeypatch.chdir(folder)  # UiPath's packages load ./model.pkl from their current directory
     main = load_module(folder / "main.py", "trainyard_example_iris_main")
-    assert json.loads(main.Main().predict("[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]")) == [
+    model = main.Main()
+    assert json.loads(model.predict("[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]")) == [
         "setosa",
         "virginica",
     ]
+    # As a service hands it over (docs/serving.md): a JSON request's value already parsed, or its bytes;
+    # one flower is its four numbers.
+    assert json.loads(model.predict([5.1, 3.5, 1.4, 0.2])) == ["setosa"]
+    assert json.loads(model.predict([[6.7, 3.0, 5.2, 2.3]])) == ["virginica"]
+    assert json.loads(model.predict(b"[6.7, 3.0, 5.2, 2.3]")) == ["virginica"]
 
 
 def test_an_evaluation_run_of_the_trained_version_scores_it(iris_data: Path, tmp_path: Path) -> None:
