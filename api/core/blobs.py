@@ -12,18 +12,20 @@ is ever visible under a hash, and a failed or cut-off upload leaves no file behi
 Both stores verify on reading: `open()` hashes what it streams and withholds the last chunk until the
 hash matches the name, so a blob changed behind the store's back (a disk error, a hand in the bucket)
 is never handed out whole: the reader gets `BlobCorrupt` instead of the end of it.
-`api/core/s3blobs.py` holds the S3-compatible store (docs/storage.md).
+`api/core/s3blobs.py` holds the S3-compatible store (docs/storage.md); `api/core/blob_gc.py` the
+collector that removes what nothing refers to any more, through `listing`, `info` and `delete`.
 """
 
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Generator, Iterator
 from contextlib import AbstractContextManager, aclosing, contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self
 
@@ -35,8 +37,9 @@ from api.core.errors import InvalidInput, NotFound, PayloadTooLarge, TrainyardEr
 # One thread hop per MiB: large enough that hopping costs nothing next to the I/O, small enough that
 # a read never holds much in memory.
 CHUNK_BYTES = 1024 * 1024
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _HASH_ON_THREAD_BYTES = 64 * 1024
+_LISTING_BATCH = 1000  # blobs per batch of a listing: one thread hop, or one ListObjectsV2 page
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,19 @@ class StoredBlob:
     sha256: str
     size: int
     created: bool  # False when identical content was already stored
+    # The store that holds it: recording the blob asks the store again whether it still is, since the
+    # collector may have taken it in between (`record_blobs`). None for a blob known from a row or a
+    # document rather than from a put.
+    store: "BlobStore | None" = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob as the store lists it: what the collector needs to judge an object with no row."""
+
+    sha256: str
+    size: int
+    modified: datetime  # aware, UTC: when the object was written
 
 
 def check_sha256(value: str) -> str:
@@ -52,7 +68,7 @@ def check_sha256(value: str) -> str:
     Every path in the store is built from a hash, so this check is what keeps a name such as
     `../../etc/passwd` from ever reaching the filesystem.
     """
-    if not _SHA256.fullmatch(value):
+    if not SHA256_PATTERN.fullmatch(value):
         raise InvalidInput("a blob is named by its sha256: 64 lowercase hex digits", code="invalid_sha256")
     return value
 
@@ -170,6 +186,14 @@ class BlobStore(Protocol):
         """Remove a blob; deleting one that is not there is not an error."""
         ...
 
+    async def info(self, sha256: str) -> BlobInfo | None:
+        """The blob's size and time of writing, or None when it is not stored."""
+        ...
+
+    def listing(self) -> AsyncIterator[list[BlobInfo]]:
+        """Every stored blob, in batches, in no promised order; a name that is not a blob's is skipped."""
+        ...
+
     def temp_file(self) -> AbstractContextManager[Path]:
         """A scratch file that `put_file` can adopt cheaply; removed on exit unless adopted."""
         ...
@@ -236,6 +260,21 @@ class LocalBlobStore(BlobStore):
         # The fan-out folders stay: removing one could race a concurrent put that just created it.
         await anyio.to_thread.run_sync(self.path_of(sha256).unlink, True)
 
+    async def info(self, sha256: str) -> BlobInfo | None:
+        try:
+            found = await anyio.to_thread.run_sync(self.path_of(sha256).stat)
+        except FileNotFoundError:
+            return None
+        return BlobInfo(sha256, found.st_size, datetime.fromtimestamp(found.st_mtime, UTC))
+
+    async def listing(self) -> AsyncIterator[list[BlobInfo]]:
+        batches = _walk(self._blobs)
+        try:
+            while batch := await anyio.to_thread.run_sync(_next_batch, batches):
+                yield batch
+        finally:
+            batches.close()
+
     async def url_for(self, sha256: str, expires: timedelta) -> None:
         check_sha256(sha256)
         return None  # a folder has no URL of its own: the API serves it
@@ -277,14 +316,49 @@ class LocalBlobStore(BlobStore):
         try:
             if target.is_file():
                 temp.unlink()
-                return StoredBlob(sha256, size, created=False)
+                return StoredBlob(sha256, size, created=False, store=self)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, target)
             _fsync_folder(target.parent)  # the rename itself must survive a power cut
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return StoredBlob(sha256, size, created=True)
+        return StoredBlob(sha256, size, created=True, store=self)
+
+
+def _next_batch(batches: Generator[list[BlobInfo]]) -> list[BlobInfo]:
+    return next(batches, [])
+
+
+def _walk(blobs: Path) -> Generator[list[BlobInfo]]:
+    """The blobs under `<root>/sha256/<ab>/<cd>/`, in batches; anything else found there is skipped.
+    A file removed while the walk passes is skipped too (the collector itself removes as it goes)."""
+    batch: list[BlobInfo] = []
+    for first in _folders(blobs):
+        for second in _folders(first):
+            with os.scandir(second) as entries:
+                for entry in entries:
+                    if not SHA256_PATTERN.fullmatch(entry.name) or entry.name[:4] != first.name + second.name:
+                        continue
+                    try:
+                        found = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(found.st_mode):
+                        continue
+                    batch.append(
+                        BlobInfo(entry.name, found.st_size, datetime.fromtimestamp(found.st_mtime, UTC))
+                    )
+                    if len(batch) >= _LISTING_BATCH:
+                        yield batch
+                        batch = []
+    if batch:
+        yield batch
+
+
+def _folders(parent: Path) -> list[Path]:
+    with os.scandir(parent) as entries:
+        return sorted(Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False))
 
 
 def _write_hashed(handle: BinaryIO, digest: "hashlib._Hash", data: bytearray) -> None:

@@ -30,6 +30,8 @@ from obstore.store import S3Store
 
 from api.core.blobs import (
     CHUNK_BYTES,
+    SHA256_PATTERN,
+    BlobInfo,
     BlobStore,
     LocalBlobStore,
     StoredBlob,
@@ -44,7 +46,7 @@ from api.core.config import Settings
 from api.core.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
-    from obstore import GetResult  # in the type stubs only
+    from obstore import GetResult, ObjectMeta  # in the type stubs only
 
 # A multipart upload keeps at most PART_BYTES x PARTS_IN_FLIGHT of one file in memory (32 MiB); S3's
 # 10,000 parts then allow an object of 80 GiB, past any upload limit of the API.
@@ -133,6 +135,26 @@ class S3BlobStore(BlobStore):
         with _unavailable_on_failure():
             await obstore.delete_async(self.store, key)  # S3 answers 204 for a key that is not there
 
+    async def info(self, sha256: str) -> BlobInfo | None:
+        with _unavailable_on_failure():
+            try:
+                meta = await obstore.head_async(self.store, self.key_of(sha256))
+            except FileNotFoundError:
+                return None
+        return BlobInfo(sha256, meta["size"], meta["last_modified"])
+
+    async def listing(self) -> AsyncIterator[list[BlobInfo]]:
+        """ListObjectsV2 under `sha256/`, a page of 1,000 at a time (S3's page)."""
+        with _unavailable_on_failure():
+            async for page in obstore.list(self.store, "sha256/", chunk_size=1000):
+                yield [found for meta in page if (found := self._listed(meta)) is not None]
+
+    def _listed(self, meta: "ObjectMeta") -> BlobInfo | None:
+        name = meta["path"].rpartition("/")[2]
+        if not SHA256_PATTERN.fullmatch(name) or meta["path"] != self.key_of(name):
+            return None  # not a blob's key: never touched
+        return BlobInfo(name, meta["size"], meta["last_modified"])
+
     async def url_for(self, sha256: str, expires: timedelta) -> str:
         """A presigned GET of this one object (SigV4, signed here: no request to S3). S3 refuses it
         once `expires` has passed, for any other key, and for any other method."""
@@ -162,10 +184,10 @@ class S3BlobStore(BlobStore):
                 try:
                     await obstore.put_async(self.store, key, path, mode="create", use_multipart=False)
                 except AlreadyExistsError:
-                    return StoredBlob(sha256, size, created=False)
-                return StoredBlob(sha256, size, created=True)
+                    return StoredBlob(sha256, size, created=False, store=self)
+                return StoredBlob(sha256, size, created=True, store=self)
             if await self._head_size(key) is not None:
-                return StoredBlob(sha256, size, created=False)
+                return StoredBlob(sha256, size, created=False, store=self)
             # S3 applies no condition to a multipart upload's parts; the object appears whole at
             # completion, and a failed upload is aborted by the client (a bucket lifecycle rule
             # catches the ones a crash leaves: docs/storage.md).
@@ -177,7 +199,7 @@ class S3BlobStore(BlobStore):
                 chunk_size=PART_BYTES,
                 max_concurrency=PARTS_IN_FLIGHT,
             )
-        return StoredBlob(sha256, size, created=True)
+        return StoredBlob(sha256, size, created=True, store=self)
 
 
 async def _chunks(result: "GetResult") -> AsyncGenerator[bytes, None]:
