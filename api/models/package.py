@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.models.base import Base, JSONDocument, new_id, utcnow
@@ -26,13 +26,31 @@ class Blob(Base):
 
 
 class Package(Base):
+    """A project's package; with no project, one of Trainyard's built-in base packages (the catalogue
+    `trainyard-api migrate` keeps, api/base_packages/). A project's copy of a built-in one (made when a
+    template first names it) is `builtin` too: it holds the catalogue's versions and what its runs
+    trained from them, and takes no upload."""
+
     __tablename__ = "packages"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        # NULLs are distinct in the constraint above: the catalogue's names are kept unique here.
+        Index(
+            "ix_packages_builtin_name",
+            "name",
+            unique=True,
+            sqlite_where=text("project_id IS NULL"),
+            postgresql_where=text("project_id IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"))
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"))
     name: Mapped[str] = mapped_column(String(128))
     description: Mapped[str] = mapped_column(Text, default="")
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The model types a built-in package is for (names); empty for the others.
+    model_types: Mapped[list[str]] = mapped_column(JSONDocument, default=list, server_default=text("'[]'"))
     highest_major: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -57,7 +75,7 @@ class PackageVersion(Base):
     package_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("packages.id", ondelete="RESTRICT"), index=True)
     major: Mapped[int]
     minor: Mapped[int]
-    origin: Mapped[str] = mapped_column(String(16))  # upload | trained
+    origin: Mapped[str] = mapped_column(String(16))  # upload | trained | builtin
     blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     root_prefix: Mapped[str] = mapped_column(String(256), default="")

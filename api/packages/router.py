@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from api.base_packages import service as base_packages
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import blob_response
@@ -60,7 +61,8 @@ async def upload_version(
     # No `package_for`: the package need not exist yet. The route declares `project` and `package`
     # itself (with `in_project`, the document would list `package` before `project`).
     name = service.check_name(package)  # a 422 before the body is read: a bad name stores nothing
-    await get_project(session, project)  # a 404 before the body is read
+    # A 404, or a 409 for a built-in base package's name, before the body is read.
+    await base_packages.refuse_builtin_upload(session, await get_project(session, project), name)
     # On SQLite the API's one connection would otherwise be held, and every other request stalled,
     # for the whole upload.
     await commit_early(session, "the package's body streams in next")
@@ -73,6 +75,7 @@ async def upload_version(
         info = await service.check_package(files[0].path, settings.archive_limits())
         stored = await blobs.put_file(files[0].path)
     found = await get_project(session, project)  # deleted while the body streamed in: a 404
+    await base_packages.refuse_builtin_upload(session, found, name)  # adopted meanwhile
     pkg, version = await service.add_uploaded_version(session, found, name, stored, info, principal.id)
     return await service.read_version(session, found, pkg, version)
 
@@ -146,7 +149,9 @@ async def delete_version(
     target: Annotated[PackageVersionTarget, package_version_for(Permission.PACKAGES_DELETE)],
     session: SessionDep,
 ) -> Response:
-    """Refused while a template or an active run uses it, or versions were trained from it."""
+    """Refused while a template or an active run uses it, or versions were trained from it, and for a
+    built-in base package's own versions."""
+    base_packages.refuse_builtin_delete(target.package, target.version)
     await service.delete_version(session, target.project, target.package, target.version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

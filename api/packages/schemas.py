@@ -21,7 +21,9 @@ class PackageVersionRead(ReadModel):
     version: str = Field(examples=["1.1"])
     major: int
     minor: int
-    origin: Literal["upload", "trained"]
+    origin: Literal["upload", "trained", "builtin"] = Field(
+        description="upload, trained by a run, or builtin: a version of a built-in base package."
+    )
     sha256: str = Field(description="Of the zip: the download's ETag.")
     size: int
     has_evaluate: bool
@@ -44,12 +46,16 @@ class PackageRead(ReadModel):
     description: str
     latest_version: str | None
     version_count: int
+    builtin: bool = Field(
+        default=False, description="A built-in base package (docs/base-packages.md): it takes no upload."
+    )
+    model_types: list[str] = Field(default_factory=list, description="What a built-in base package is for.")
     created_at: datetime
 
 
 class LineageNode(BaseModel):
     version: str
-    origin: Literal["upload", "trained"]
+    origin: Literal["upload", "trained", "builtin"]
     run_id: uuid.UUID | None
     created_at: datetime
     children: list["LineageNode"] = Field(default_factory=list)

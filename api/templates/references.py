@@ -11,9 +11,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.core.errors import InvalidInput
+from api.base_packages import service as base_packages
+from api.core.errors import InvalidInput, NotFound
 from api.datasets import service as datasets
-from api.models import DatasetVersion, PackageVersion, Project, Template
+from api.models import DatasetVersion, Package, PackageVersion, Project, Template
 from api.packages import service as packages
 from api.packages.inspect import PARAMETER_RULES, coerce_parameter, kind_of
 from shared.versions import Version
@@ -28,16 +29,32 @@ class ResolvedInputs:
 
 
 async def resolve_package(
-    session: AsyncSession, project: Project, package_name: str | None, version: str | None
+    session: AsyncSession,
+    project: Project,
+    package_name: str | None,
+    version: str | None,
+    *,
+    at_start: bool = True,
 ) -> PackageVersion | None:
-    """The base version; with no version named, the package's latest."""
+    """The base version; with no version named, the package's latest. A built-in base package
+    (api/base_packages/) is the project's copy of it, made on the first template that names it and
+    brought the catalogue's new versions at each template write (not at a start: the template pinned
+    its version)."""
     if package_name is None:
         if version is not None:
             raise InvalidInput(
                 "base_version needs base_package", code="base_package_required", field="base_package"
             )
         return None
-    package = await packages.get_package(session, project, package_name)
+    try:
+        package = await packages.get_package(session, project, package_name)
+    except NotFound:
+        if at_start:
+            raise
+        package = await base_packages.adopt(session, project, package_name)
+    else:
+        if package.builtin and not at_start:
+            await base_packages.sync_copy(session, package)
     if version is not None:
         return await packages.get_version(session, package, version)
     latest = await packages.latest_version(session, package)
@@ -110,7 +127,9 @@ async def _dataset_version(
 async def resolve(
     session: AsyncSession, project: Project, template: Template, *, at_start: bool
 ) -> ResolvedInputs:
-    package_version = await resolve_package(session, project, template.base_package, template.base_version)
+    package_version = await resolve_package(
+        session, project, template.base_package, template.base_version, at_start=at_start
+    )
     return ResolvedInputs(
         package_version=package_version,
         dataset_version=await _dataset_version(
@@ -139,5 +158,8 @@ async def apply_references(session: AsyncSession, project: Project, template: Te
     """Check a template being written and complete it: the base version pinned, defaults filled in."""
     resolved = await resolve(session, project, template, at_start=False)
     if resolved.package_version is not None:
+        package = await session.get(Package, resolved.package_version.package_id)
+        assert package is not None
+        await base_packages.check_model_type(session, package, template.model_type_id)
         template.base_version = str(Version(resolved.package_version.major, resolved.package_version.minor))
     template.parameters = resolved.parameters

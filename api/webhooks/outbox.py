@@ -90,6 +90,8 @@ async def run_status_changed(
 async def package_version_created(session: AsyncSession, version: PackageVersion) -> None:
     package = await session.get(Package, version.package_id)
     assert package is not None
+    if package.project_id is None:
+        return  # the built-in catalogue (api/base_packages/): no project, nobody subscribed
     project = await session.get(Project, package.project_id)
     assert project is not None
     data = {

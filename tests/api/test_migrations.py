@@ -4,6 +4,7 @@ Each test makes a scratch database of its own (not the per-test copy of the migr
 what is tested here is the way from an empty database.
 """
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,13 +188,19 @@ async def test_the_app_refuses_a_schema_of_another_version(
 async def test_migrate_then_the_app_starts_and_is_ready(
     empty_database: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`trainyard-api migrate` with the settings from the environment, then a start on that database."""
+    """`trainyard-api migrate` with the settings from the environment, then a start on that database.
+    Migrate installs the built-in base packages too (its own event loop: in a thread, off this one)."""
     monkeypatch.setenv("TRAINYARD_DATABASE_URL", empty_database)
     monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TRAINYARD_SECRET_KEY", SECRET_KEY)
-    assert cli_main(["migrate"]) == 0
+    assert await asyncio.to_thread(cli_main, ["migrate"]) == 0
     assert _current(engine) == head_revisions()
-    assert cli_main(["migrate"]) == 0  # idempotent
+    assert await asyncio.to_thread(cli_main, ["migrate"]) == 0  # idempotent
+    with engine.connect() as connection:
+        catalogue = connection.execute(
+            text("SELECT name, highest_major FROM packages WHERE project_id IS NULL ORDER BY name")
+        ).all()
+    assert [tuple(row) for row in catalogue] == [("image-classifier", 1), ("tabular-classifier", 1)]
 
     app = create_app(_settings(empty_database, tmp_path / "data"))
     async with (

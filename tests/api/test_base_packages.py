@@ -1,0 +1,219 @@
+"""The built-in base packages (issue 18 item 5) in the database, on SQLite and PostgreSQL: the install
+is idempotent and adds a version only for new content; a template naming one gets the project's copy;
+nobody uploads into it or deletes its versions; its model types are checked."""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import func, select
+
+from api.base_packages.catalogue import BASE_PACKAGES, HERE, MODEL_TYPES, package_zip
+from api.base_packages.service import Installed, install_base_packages
+from api.models import ModelType, Package, PackageVersion
+from tests.api.packages_kit import valid_package, zip_bytes
+from tests.api.world import ok, problem
+
+IMAGE = "image-classifier"
+TABULAR = "tabular-classifier"
+
+
+async def _install(app: FastAPI, root: Path | None = None) -> list[Installed]:
+    async with app.state.sessionmaker() as session:
+        installed = await install_base_packages(
+            session, app.state.blobs, app.state.settings.archive_limits(), root=root
+        )
+        await session.commit()
+    return installed
+
+
+async def _catalogue(app: FastAPI) -> dict[str, list[tuple[int, int, str, str]]]:
+    """Each catalogue package's versions: (major, minor, origin, sha256)."""
+    async with app.state.sessionmaker() as session:
+        rows = await session.execute(
+            select(Package.name, PackageVersion.major, PackageVersion.minor, PackageVersion.origin)
+            .add_columns(PackageVersion.blob_sha256)
+            .join(PackageVersion, PackageVersion.package_id == Package.id)
+            .where(Package.project_id.is_(None))
+            .order_by(Package.name, PackageVersion.major)
+        )
+        found: dict[str, list[tuple[int, int, str, str]]] = {}
+        for name, major, minor, origin, sha256 in rows:
+            found.setdefault(name, []).append((major, minor, origin, sha256))
+        return found
+
+
+async def _project(client: AsyncClient, name: str = "p") -> str:
+    ok(await client.post("/projects", json={"name": name}), 201)
+    return name
+
+
+async def _template(client: AsyncClient, project: str, name: str, **fields: Any) -> Any:
+    return await client.post(f"/projects/{project}/templates", json={"name": name, **fields})
+
+
+async def test_install_is_idempotent_and_ties_the_model_types(app: FastAPI) -> None:
+    first = await _install(app)
+    assert [(item.name, item.version, item.added) for item in first] == [
+        (IMAGE, "1.0", True),
+        (TABULAR, "1.0", True),
+    ]
+    again = await _install(app)
+    assert [(item.name, item.version, item.added) for item in again] == [
+        (IMAGE, "1.0", False),
+        (TABULAR, "1.0", False),
+    ]
+    catalogue = await _catalogue(app)
+    assert {name: [v[:3] for v in versions] for name, versions in catalogue.items()} == {
+        IMAGE: [(1, 0, "builtin")],
+        TABULAR: [(1, 0, "builtin")],
+    }
+    async with app.state.sessionmaker() as session:
+        types = set(await session.scalars(select(ModelType.name)))
+        assert {spec.name for spec in MODEL_TYPES} <= types
+        tied = {
+            name: types for name, types in await session.execute(select(Package.name, Package.model_types))
+        }
+    assert tied == {IMAGE: ["image-classification"], TABULAR: ["tabular-classification"]}
+    # the version's blob is the zip of the folder: the same files make the same sha256
+    for item in first:
+        spec = next(spec for spec in BASE_PACKAGES if spec.name == item.name)
+        assert package_zip(spec) == package_zip(spec)
+        assert await app.state.blobs.exists(item.sha256)
+
+
+async def test_changed_content_installs_a_new_major_version_once(app: FastAPI, tmp_path: Path) -> None:
+    await _install(app)
+    root = tmp_path / "base"
+    shutil.copytree(HERE, root, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    with (root / "tabular_classifier" / "train.py").open("a") as file:
+        file.write("\n# a change\n")
+    changed = await _install(app, root)
+    assert [(item.name, item.version, item.added) for item in changed] == [
+        (IMAGE, "1.0", False),
+        (TABULAR, "2.0", True),
+    ]
+    assert [(item.version, item.added) for item in await _install(app, root)] == [
+        ("1.0", False),
+        ("2.0", False),
+    ]
+    catalogue = await _catalogue(app)
+    assert [v[:2] for v in catalogue[TABULAR]] == [(1, 0), (2, 0)]
+    assert catalogue[TABULAR][0][3] != catalogue[TABULAR][1][3]
+
+
+async def test_a_template_names_a_base_package_and_the_project_gets_its_copy(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    await _install(app)
+    project = await _project(client)
+    ok(await client.post("/model-types", json={"name": "classifier"}), 201)
+    created = ok(
+        await _template(
+            client,
+            project,
+            "digits",
+            model_type="image-classification",
+            base_package=IMAGE,
+            parameters={"epochs": 2},
+        ),
+        201,
+    )
+    assert created["base_version"] == "1.0"
+    assert created["parameters"]["epochs"] == 2 and created["parameters"]["image_size"] == 32
+    listed = ok(await client.get(f"/projects/{project}/packages"))
+    assert [(item["name"], item["latest_version"]) for item in listed["items"]] == [(IMAGE, "1.0")]
+    version = ok(await client.get(f"/projects/{project}/packages/{IMAGE}/versions/1.0"))
+    assert version["origin"] == "builtin" and version["has_predict"] and version["has_evaluate"]
+    download = await client.get(f"/projects/{project}/packages/{IMAGE}/versions/1.0/download")
+    spec = next(spec for spec in BASE_PACKAGES if spec.name == IMAGE)
+    assert download.status_code == 200 and download.content == package_zip(spec)
+
+    # a second template reuses the copy; another project gets its own
+    ok(await _template(client, project, "again", model_type="image-classification", base_package=IMAGE), 201)
+    other = await _project(client, "other")
+    ok(await _template(client, other, "tab", model_type="tabular-classification", base_package=TABULAR), 201)
+    assert [item["name"] for item in ok(await client.get(f"/projects/{other}/packages"))["items"]] == [
+        TABULAR
+    ]
+
+    # the model type must be one the base package is for
+    body = problem(
+        await _template(client, project, "wrong", model_type="classifier", base_package=IMAGE),
+        422,
+        "model_type_mismatch",
+    )
+    assert body["field"] == "model_type"
+    problem(
+        await client.patch(f"/projects/{project}/templates/digits", json={"model_type": "classifier"}),
+        422,
+        "model_type_mismatch",
+    )
+    # a name neither the project nor the catalogue has is still a 404
+    problem(
+        await _template(client, project, "none", model_type="classifier", base_package="nothing"),
+        404,
+        "package_not_found",
+    )
+
+
+async def test_nobody_uploads_into_a_base_package_or_deletes_its_versions(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    await _install(app)
+    project = await _project(client)
+    files = {"file": ("p.zip", zip_bytes(valid_package()), "application/zip")}
+    # before any template named it (the catalogue's name) and after (the project's copy)
+    problem(
+        await client.post(f"/projects/{project}/packages/{TABULAR}/versions", files=files),
+        409,
+        "package_builtin",
+    )
+    ok(
+        await _template(client, project, "tab", model_type="tabular-classification", base_package=TABULAR),
+        201,
+    )
+    problem(
+        await client.post(f"/projects/{project}/packages/{TABULAR}/versions", files=files),
+        409,
+        "package_builtin",
+    )
+    assert (await client.delete(f"/projects/{project}/templates/tab")).status_code == 204
+    problem(
+        await client.delete(f"/projects/{project}/packages/{TABULAR}/versions/1.0"),
+        409,
+        "package_version_builtin",
+    )
+    problem(await client.delete(f"/projects/{project}/packages/{TABULAR}"), 409, "package_not_empty")
+    # the catalogue is untouched
+    assert [v[:3] for v in (await _catalogue(app))[TABULAR]] == [(1, 0, "builtin")]
+    async with app.state.sessionmaker() as session:
+        count = await session.scalar(select(func.count()).select_from(Package).where(Package.name == TABULAR))
+    assert count == 2  # the catalogue's and the project's copy
+
+
+async def test_a_new_catalogue_version_reaches_the_copy_at_the_next_template_write(
+    app: FastAPI, client: AsyncClient, tmp_path: Path
+) -> None:
+    await _install(app)
+    project = await _project(client)
+    ok(
+        await _template(client, project, "tab", model_type="tabular-classification", base_package=TABULAR),
+        201,
+    )
+    root = tmp_path / "base"
+    shutil.copytree(HERE, root, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    with (root / "tabular_classifier" / "main.py").open("a") as file:
+        file.write("\n# a change\n")
+    await _install(app, root)
+    pinned = ok(await client.get(f"/projects/{project}/templates/tab"))
+    assert pinned["base_version"] == "1.0"  # a template keeps the version it pinned
+    latest = ok(
+        await _template(client, project, "latest", model_type="tabular-classification", base_package=TABULAR),
+        201,
+    )
+    assert latest["base_version"] == "2.0"
+    versions = ok(await client.get(f"/projects/{project}/packages/{TABULAR}/versions"))
+    assert sorted(item["version"] for item in versions["items"]) == ["1.0", "2.0"]
