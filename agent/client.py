@@ -39,6 +39,8 @@ from shared.protocol import (
     LaunchedEvent,
     OutputReply,
     RunEventReply,
+    ServiceEvent,
+    ServiceEventReply,
     SnapshotUpload,
     StageEvent,
     TelemetryBatch,
@@ -477,3 +479,32 @@ class ApiClient:
     ) -> str:
         """The checkpoint this run resumes from (a zip) into `dest_path`, verified against `sha256`."""
         return await self._download(f"/runs/{run_id}/checkpoint", dest_path, sha256, retry=retry)
+
+    # Services (docs/serving.md).
+
+    async def report_service(
+        self,
+        service_id: uuid.UUID,
+        event: ServiceEvent,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> ServiceEventReply:
+        """One fact about one instance of a service; `stop` in the answer: stop serving it."""
+        return await self._model(
+            ServiceEventReply,
+            "POST",
+            f"/services/{service_id}/events",
+            json=event.model_dump(mode="json"),
+            retry=retry,
+        )
+
+    async def download_service_package(
+        self,
+        service_id: uuid.UUID,
+        dest_path: Path,
+        sha256: str,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> str:
+        """The served package version's zip into `dest_path`, verified against `sha256`."""
+        return await self._download(f"/services/{service_id}/package", dest_path, sha256, retry=retry)

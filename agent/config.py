@@ -86,6 +86,19 @@ class AgentSettings(BaseSettings):
         default=False, description="Send the agent token over plain http:// to a host other than loopback."
     )
     agent_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    agent_serve_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="The address a service's instances listen on (docs/serving.md); 0.0.0.0 or :: for "
+        "every interface, so the API reaches them from another machine.",
+    )
+    agent_serve_advertise: str | None = Field(
+        default=None,
+        description="The host put in an instance's address for the API to call; default the listening host.",
+    )
+    agent_serve_ports: str = Field(
+        default="8500-8999", description="The ports a service's instances may listen on: FIRST-LAST."
+    )
     package_venvs: bool = Field(
         default=True,
         description="A package with a requirements.txt runs in a virtual environment built from it "
@@ -104,6 +117,34 @@ class AgentSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("TRAINYARD_API_URL must start with http:// or https://")
         return value
+
+    @field_validator("agent_serve_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        first, dash, last = value.strip().partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError("TRAINYARD_AGENT_SERVE_PORTS is FIRST-LAST, e.g. 8500-8999") from None
+        if not 1 <= low <= high <= 65535:
+            raise ValueError("TRAINYARD_AGENT_SERVE_PORTS: need 1 <= FIRST <= LAST <= 65535")
+        return f"{low}-{high}"
+
+    @field_validator("agent_serve_advertise")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def serve_ports(self) -> range:
+        """TRAINYARD_AGENT_SERVE_PORTS as a range of ports."""
+        low, _, high = self.agent_serve_ports.partition("-")
+        return range(int(low), int(high) + 1)
+
+    @property
+    def serve_advertise(self) -> str:
+        """The host an instance's address names: TRAINYARD_AGENT_SERVE_ADVERTISE, else the listening one."""
+        return self.agent_serve_advertise or self.agent_serve_host
 
     @field_validator("run_as")
     @classmethod

@@ -29,6 +29,7 @@ from agent.environments import prune, requirements_hash
 from agent.executor import Execution
 from agent.machine import Machine, install_runtime, prepare_launches
 from agent.run_state import RunState
+from agent.services import ServiceManager
 from shared.enums import CommandKind, CommandState, ReasonCode
 from shared.protocol import Command, ExitedEvent, GpuInfo, Hello, StartRunPayload, StopRunPayload
 
@@ -105,6 +106,8 @@ class Agent:
         self.draining = asyncio.Event()
         self.detaching = asyncio.Event()
         self.drained = asyncio.Event()  # draining, and the last run in hand is done
+        # Services never end by themselves: a drain does not wait for them; they outlive the agent.
+        self.services = ServiceManager(machine)
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -140,6 +143,7 @@ class Agent:
         for state in self.states.unfinished():
             logger.info("run %s: re-adopting it (%s)", state.run_id, state.phase)
             self._take(state)
+        self.services.adopt()
         await self.hello()
 
     async def run_once(self, wait: float = 0.0) -> list[Command]:
@@ -150,12 +154,13 @@ class Agent:
         return commands
 
     async def close(self) -> None:
-        """Let go of the runs in hand (they go on; the next start re-adopts them)."""
+        """Let go of the runs and services in hand (they go on; the next start re-adopts them)."""
         for task in self.tasks.values():
             task.cancel()
         for task in list(self.tasks.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.services.close()
 
     def detach(self) -> None:
         """SIGTERM: leave; runs go on, and the next start re-adopts them."""
@@ -176,6 +181,7 @@ class Agent:
                 hostname=socket.gethostname()[:256],
                 gpus=self.gpus,
                 runs=list(self.runs),
+                services=self.services.ids(),
             )
         )
         logger.info("hello: machine %s, %d run(s) in hand", reply.machine, len(self.runs))
@@ -184,6 +190,7 @@ class Agent:
             if execution is not None:
                 logger.info("run %s: the API ended it while the agent was away; stopping it", run_id)
                 execution.stop(ReasonCode.USER_STOP)
+        self.services.stop_unwanted(reply.stop_services)
 
     async def _serve(self) -> None:
         detached = asyncio.ensure_future(self.detaching.wait())
@@ -217,7 +224,7 @@ class Agent:
                 key
                 for execution in self.runs.values()
                 if (key := requirements_hash(execution.folder.package)) is not None
-            }
+            } | self.services.environment_keys()
             try:
                 removed = await asyncio.to_thread(
                     prune, work_dir, keep, older_than=ENVIRONMENT_MAX_IDLE_SECONDS
@@ -275,6 +282,8 @@ class Agent:
             self.states.save(state)
             self._take(state, start)
             return True
+        if command.kind in (CommandKind.START_SERVICE, CommandKind.STOP_SERVICE):
+            return await self.services.handle(command, self._ack, draining=self.draining.is_set())
         logger.error("command %s: unknown kind %r, acknowledged and ignored", command.id, command.kind)
         await self._ack(command)
         return True

@@ -8,7 +8,8 @@ It binds `TRAINYARD_SERVE_HOST`:`TRAINYARD_SERVE_PORT` first (a port taken meanw
 `EXIT_PORT_TAKEN`, so the agent tries another without counting a failure), then builds `Main()` once
 (UiPath's ML Skill contract: `__init__` loads the model) and answers:
 
-    GET  /health    200 {"status": "ok"} once `Main()` is built; 503 {"status": "loading"} before
+    GET  /health    200 {"status": "ok"} once `Main()` is built (its `X-Trainyard-Instance` header
+                    says `<service>/<instance>`); 503 {"status": "loading"} before
     POST /predict   `Authorization: Bearer <TRAINYARD_SERVICE_SECRET>` (401 otherwise); the body is
                     handed to `predict` as the parsed JSON value when the Content-Type is JSON, else
                     as `bytes`; a str answer goes back as text/plain, bytes as
@@ -120,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/health":
             self._error(HTTPStatus.NOT_FOUND, f"no such path: GET {self.path[:200]}")
         elif self.server.model.ready.is_set():
-            self._json(HTTPStatus.OK, {"status": "ok"})
+            self._json(HTTPStatus.OK, {"status": "ok"}, X_Trainyard_Instance=self.server.instance)
         else:
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "loading"})
 
@@ -220,14 +221,23 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], model: Model, secret: str, max_body: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], model: Model, secret: str, max_body: int, instance: str
+    ) -> None:
         self.address_family = _family(address[0])
         super().__init__(address, Handler)
         self.model, self.secret, self.max_body = model, secret, max_body
+        self.instance = instance  # in /health's answer: the agent knows it reached its own process
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _instance(argv: list[str]) -> str:
+    """`<service>/<instance>` from `--service S --instance N` (the agent's way to tell its instances)."""
+    named = dict(zip(argv[1::2], argv[2::2], strict=False))
+    return f"{named.get('--service', '')}/{named.get('--instance', '')}"
 
 
 def main(argv: list[str]) -> int:
@@ -243,7 +253,7 @@ def main(argv: list[str]) -> int:
     max_body = int(os.environ.get("TRAINYARD_SERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     model = Model()
     try:
-        server = Server((host, port), model, secret, max_body)
+        server = Server((host, port), model, secret, max_body, _instance(argv))
     except OSError as error:
         print(f"trainyard server: cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return EXIT_PORT_TAKEN if error.errno == errno.EADDRINUSE else 1

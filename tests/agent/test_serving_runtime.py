@@ -141,7 +141,10 @@ def test_health_answers_once_the_model_is_loaded(folder: Path) -> None:
         assert early.status_code == 503
         (folder / "go").touch()
         server.wait_ready()
-        assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+        health = httpx.get(f"{server.url}/health")
+        assert health.json() == {"status": "ok"}
+        # The agent knows it reached its own instance, not whatever else took the port meanwhile.
+        assert health.headers["x-trainyard-instance"] == "test/0"
     finally:
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
