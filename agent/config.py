@@ -7,6 +7,7 @@ or from the file named by `TRAINYARD_AGENT_TOKEN_FILE`, never from a command lin
 import ipaddress
 import os
 import pwd
+import re
 import stat
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.protocol import MAX_POLL_WAIT_SECONDS
 
 ROOT_WORK_DIR = Path("/var/lib/trainyard-agent")
+SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def _is_root() -> bool:
@@ -107,6 +109,24 @@ class AgentSettings(BaseSettings):
     poll_wait: float = Field(default=MAX_POLL_WAIT_SECONDS, ge=0, le=MAX_POLL_WAIT_SECONDS)
     retry_initial: float = Field(default=0.5, gt=0, description="First backoff ceiling, seconds.")
     retry_max: float = Field(default=30.0, gt=0, description="Largest backoff ceiling, seconds.")
+    agent_executor: Literal["local", "slurm"] = Field(
+        default="local",
+        description="local: runs are processes of this machine; slurm: each run is a Slurm batch job, and "
+        "the work dir must be a folder the compute nodes share at the same path (docs/executors.md).",
+    )
+    slurm_conf: Path | None = Field(
+        default=None, description="The cluster's slurm.conf, given to Slurm's commands as SLURM_CONF."
+    )
+    slurm_partitions: str = Field(
+        default="",
+        description="Comma-separated partitions a template may name (parameter slurm_partition); the first "
+        "is used when it names none. Empty: Slurm's default partition, and none may be named.",
+    )
+    slurm_accounts: str = Field(default="", description="Comma-separated accounts (parameter slurm_account).")
+    slurm_qos: str = Field(default="", description="Comma-separated QoS names (parameter slurm_qos).")
+    slurm_poll_interval: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds between two looks at a job's state (scontrol)."
+    )
 
     _token: SecretStr = PrivateAttr()
 
@@ -150,6 +170,23 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("slurm_partitions", "slurm_accounts", "slurm_qos")
+    @classmethod
+    def _slurm_names(cls, value: str) -> str:
+        for name in (item.strip() for item in value.split(",")):
+            if name and not SLURM_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a Slurm name (letters, digits, '_', '-', '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _check_executor(self) -> Self:
+        if self.agent_executor == "slurm" and self.sandbox != "none":
+            raise ValueError(
+                "TRAINYARD_SANDBOX=bwrap is for local runs: under TRAINYARD_AGENT_EXECUTOR=slurm, Slurm "
+                "starts the run's processes on its nodes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_combination(self) -> Self:

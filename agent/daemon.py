@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.client import ApiRejected
 from agent.environments import prune, requirements_hash
-from agent.executor import Execution
+from agent.executor import Execution, execution_for
 from agent.machine import Machine, install_runtime, prepare_launches
 from agent.run_state import RunState
 from agent.services import ServiceManager
@@ -313,7 +313,7 @@ class Agent:
     # -- runs ------------------------------------------------------------------------------------
 
     def _take(self, state: RunState, payload: StartRunPayload | None = None) -> None:
-        execution = Execution(self.machine, state, payload)
+        execution = execution_for(self.machine, state, payload)
         if state.gpus:
             self.machine.gpus.restore(execution.run_id, state.gpus)
         self.runs[execution.run_id] = execution

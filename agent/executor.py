@@ -62,6 +62,16 @@ class RunRefused(Exception):
         self.reason, self.detail = reason, detail
 
 
+def execution_for(machine: Machine, state: RunState, payload: StartRunPayload | None = None) -> Execution:
+    """The run's execution: a Slurm job (`TRAINYARD_AGENT_EXECUTOR=slurm`, or a run submitted as one
+    before a change of the setting), else processes of this machine."""
+    if machine.settings.agent_executor == "slurm" or state.slurm_job_id is not None:
+        from agent.slurm import SlurmExecution  # imports this module
+
+        return SlurmExecution(machine, state, payload)
+    return Execution(machine, state, payload)
+
+
 class Execution:
     """One run in hand. `drive()` carries it from its current phase to `done`; `stop()` may come at
     any time, from any task, any number of times."""
@@ -146,16 +156,7 @@ class Execution:
     # -- preparing -> launched ---------------------------------------------------------------------
 
     async def _prepare_and_launch(self) -> None:
-        machine, payload = self.machine, self.payload
-        if payload.gpus:
-            taken = machine.gpus.take(self.run_id, payload.gpus)
-            if taken is None:
-                raise RunRefused(
-                    ReasonCode.MACHINE_REFUSED,
-                    f"the run asks for {payload.gpus} GPU(s) and this machine has not that many free",
-                )
-            self.state.gpus = taken
-            self._save()
+        self._reserve_gpus()
         if self.stop_requested.is_set():
             await self._end_unlaunched(None, "stopped before it was launched")
             return
@@ -177,6 +178,19 @@ class Execution:
         if not self.state.launch_reported:
             await self._report(LaunchedEvent(type="launched", pid=self.state.pid))
             self.state.launch_reported = True
+            self._save()
+
+    def _reserve_gpus(self) -> None:
+        """This machine's GPUs for the run, from the pool (RunRefused when too few are free)."""
+        payload = self.payload
+        if payload.gpus:
+            taken = self.machine.gpus.take(self.run_id, payload.gpus)
+            if taken is None:
+                raise RunRefused(
+                    ReasonCode.MACHINE_REFUSED,
+                    f"the run asks for {payload.gpus} GPU(s) and this machine has not that many free",
+                )
+            self.state.gpus = taken
             self._save()
 
     async def _prepare(self) -> str:

@@ -43,6 +43,8 @@ class RunState:
     exit_signal: int | None = None
     outcome: dict[str, Any] | None = None
     gpus: list[int] = field(default_factory=list)
+    slurm_job_id: int | None = None  # the Slurm executor's job (agent/slurm.py), re-adopted by its id
+    slurm_end: str | None = None  # the job's final state as Slurm gave it (TIMEOUT, NODE_FAIL...)
 
     @property
     def run_id(self) -> uuid.UUID:

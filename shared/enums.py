@@ -45,6 +45,12 @@ class ReasonCode(StrEnum):
     INVALID_PACKAGE = "invalid_package"
     MISSING_OUTPUTS = "missing_outputs"
     MACHINE_REFUSED = "machine_refused"
+    # A cluster engine ended the job on its own (agent/slurm.py, docs/executors.md).
+    TIME_LIMIT = "time_limit"
+    NODE_FAILURE = "node_failure"
+    PREEMPTED = "preempted"
+    OUT_OF_MEMORY = "out_of_memory"
+    CANCELLED = "cancelled"
 
 
 class PipelineType(StrEnum):

@@ -58,7 +58,20 @@ RESERVED_PARAMETER_NAMES = frozenset(
         "MASTER_PORT",
     }
 )
-RESERVED_PARAMETER_PREFIXES = ("LD_", "PYTHON", "CUDA_", "NCCL_", "TRAINYARD_")
+# SLURM_ and the like: Slurm's commands read them as options (docs/executors.md).
+RESERVED_PARAMETER_PREFIXES = (
+    "LD_",
+    "PYTHON",
+    "CUDA_",
+    "NCCL_",
+    "TRAINYARD_",
+    "SLURM_",
+    "SBATCH_",
+    "SALLOC_",
+    "SRUN_",
+    "PMI_",
+    "PMIX_",
+)
 
 
 def check_parameter_name(name: str) -> None:
