@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 _NOTIFIER = "notifier"
 _PENDING = "wake_machines"
 CHANNEL = "trainyard_machines"
-_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+# Every key a commit wakes, published in one statement: a start wakes four (its process, project, run
+# and machine), and each statement is a round trip inside the transaction (docs/benchmarks.md).
+_NOTIFY = text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS TEXT[])) AS payload")
 
 
 class Wakeup:
@@ -246,8 +248,8 @@ def _publish_before_commit(session: Session) -> None:
     notifier: Notifier | None = session.info.get(_NOTIFIER)
     if not pending or notifier is None or notifier.channel is None:
         return
-    for machine_id in sorted(pending):
-        session.execute(_NOTIFY, {"channel": notifier.channel, "payload": notifier.payload(machine_id)})
+    payloads = [notifier.payload(machine_id) for machine_id in sorted(pending)]
+    session.execute(_NOTIFY, {"channel": notifier.channel, "payloads": payloads})
 
 
 @event.listens_for(Session, "after_commit")
