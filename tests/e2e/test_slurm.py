@@ -253,3 +253,19 @@ async def test_an_agent_sigterm_detaches_and_leaves_the_job_running(slurm_cluste
         start_slurm_agent(s, slurm_cluster)
         (marks / "go").write_text("")
         await s.wait_succeeded(run["id"])
+
+
+async def test_a_job_cancelled_outside_trainyard_fails_the_run_saying_so(slurm_cluster: SlurmCluster) -> None:
+    """Slurm's own endings become reasons; an `scancel` nobody asked Trainyard for is one of them."""
+    async with stack() as s:
+        marks = s.marks("outside")
+        process = await s.deploy(WAITS_FOR_GO, marks=marks)
+        start_slurm_agent(s, slurm_cluster)
+        run = await s.start(process)
+        pid = int(await wait_for_file(marks / "pid", s))
+        job = await wait_for_file(marks / "job", s)
+        slurm_cluster.command("scancel", job)
+        done = await s.wait_run(run["id"], "stopped", "failed", "succeeded")
+        assert (done["status"], done["reason_code"]) == ("failed", "cancelled"), done
+        assert done["detail"].startswith(f"Slurm ended job {job} CANCELLED: it was cancelled outside"), done
+        await wait_gone([pid], s)
