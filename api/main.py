@@ -15,9 +15,11 @@ from api.access.members_router import audit_router
 from api.access.members_router import router as members_router
 from api.access.router import roles_router, users_router
 from api.access.tokens_router import auth_router, tokens_router
+from api.agent_routes.direct import router as agent_direct_router
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
+from api.agent_routes.services import router as agent_services_router
 from api.console.app import install_console
 from api.core.access_log import quiet_agent_access_lines
 from api.core.auth_first import install_auth_first
@@ -45,6 +47,9 @@ from api.runs.router import router as runs_router
 from api.runs.sweeper import Sweeper
 from api.schedules.firing import ScheduleFiring
 from api.schedules.router import router as schedules_router
+from api.services.proxy import PredictClient
+from api.services.router import router as services_router
+from api.storage.collector import collect_forever
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         blobs.cleanup_temp(older_than_seconds=STALE_UPLOAD_SECONDS)  # scratch files of a crashed process
         app.state.blobs = blobs
         await notifier.start()
+        app.state.predict_client = PredictClient()  # one per process: kept-alive connections
         sweeper = asyncio.create_task(Sweeper(sessionmaker, notifier, settings).run_forever(), name="sweeper")
         dispatcher = asyncio.create_task(
             Dispatcher(sessionmaker, notifier, settings).run_forever(), name="webhook-dispatcher"
@@ -101,13 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schedules = asyncio.create_task(
             ScheduleFiring(sessionmaker, notifier, settings).run_forever(), name="schedules"
         )
+        tasks = [sweeper, dispatcher, schedules]
+        if settings.blob_gc_interval_seconds > 0:  # 0: off (docs/storage.md, "Garbage collection")
+            tasks.append(asyncio.create_task(collect_forever(sessionmaker, blobs, settings), name="blob-gc"))
         try:
             yield
         finally:
-            for task in (sweeper, dispatcher, schedules):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await app.state.predict_client.aclose()
             await notifier.stop()
             await engine.dispose()
 
@@ -136,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "tokens", "description": "API tokens: your own, and (administrators) bots'"},
             {"name": "audit", "description": "The audit trail: who changed what, when"},
             {"name": "webhooks", "description": "Signed event deliveries to a project's orchestrators"},
+            {"name": "services", "description": "Package versions published on a machine, answering predict"},
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -146,6 +157,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         telemetry_agent_router,
         agent_io_router,
+        agent_services_router,
+        agent_direct_router,
         projects_router,
         model_types_router,
         machines_router,
@@ -164,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens_router,
         audit_router,
         webhooks_router,
+        services_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     install_idempotency(app)  # Idempotency-Key on every POST a signed-in user makes

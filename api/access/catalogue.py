@@ -38,6 +38,11 @@ DESCRIPTIONS: dict[Permission, str] = {
         "anyone an administrator: grant it to administrators only"
     ),
     P.AUDIT_VIEW: "Audit trail - View (an administrator sees all; others the projects they hold it in)",
+    P.SERVICES_VIEW: "Prediction services - View, with their audit trail",
+    P.SERVICES_MANAGE: "Prediction services - Publish a version, start, stop, delete",
+    P.SERVICES_PREDICT: (
+        "Prediction services - Predict, through the API or at the direct address with its secret"
+    ),
     P.TOKENS_MANAGE: (
         "Own API tokens - List, make and revoke them. Every user holds it; a narrowed token only if it "
         "names it"
@@ -63,6 +68,7 @@ _VIEWER = frozenset(
         P.MODELS_VIEW,
         P.MACHINES_VIEW,
         P.MODEL_TYPES_VIEW,
+        P.SERVICES_VIEW,  # not services.predict: a prediction may cost the machine (issue 15)
     }
 )
 _TRAINER = _VIEWER | {
@@ -74,6 +80,8 @@ _TRAINER = _VIEWER | {
     P.PROCESSES_DELETE,
     P.PACKAGES_UPLOAD,
     P.DATASETS_UPLOAD,
+    P.SERVICES_MANAGE,
+    P.SERVICES_PREDICT,
 }
 _PROJECT_ADMIN = _TRAINER | {P.PROJECTS_ADMIN, P.PACKAGES_DELETE, P.DATASETS_DELETE, P.AUDIT_VIEW}
 

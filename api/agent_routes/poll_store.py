@@ -38,7 +38,12 @@ BY_TOKEN = AGENT_BY_TOKEN.add_columns(
 )
 PENDING = (
     select(
-        AgentCommand.id, AgentCommand.kind, AgentCommand.run_id, AgentCommand.created_at, AgentCommand.payload
+        AgentCommand.id,
+        AgentCommand.kind,
+        AgentCommand.run_id,
+        AgentCommand.service_id,
+        AgentCommand.created_at,
+        AgentCommand.payload,
     )
     .where(AgentCommand.machine_id == bindparam("machine"), AgentCommand.state.in_(_UNTAKEN))
     .order_by(AgentCommand.id)
@@ -75,10 +80,21 @@ def _stale(last_seen_at: datetime | None, now: datetime) -> bool:
 
 
 def _command(
-    command_id: uuid.UUID, kind: str, run_id: uuid.UUID, created_at: datetime, payload: dict[str, Any]
+    command_id: uuid.UUID,
+    kind: str,
+    run_id: uuid.UUID | None,
+    service_id: uuid.UUID | None,
+    created_at: datetime,
+    payload: dict[str, Any],
 ) -> Command:
+    """A run's command carries `run_id`, a service's `service_id` (agent_commands holds exactly one)."""
     return Command(
-        id=command_id, kind=CommandKind(kind), run_id=run_id, created_at=created_at, payload=payload
+        id=command_id,
+        kind=CommandKind(kind),
+        run_id=run_id,
+        service_id=service_id,
+        created_at=created_at,
+        payload=payload,
     )
 
 
@@ -177,7 +193,15 @@ class SqlitePolls:
             return None
         machine, rows = found
         commands = [
-            _command(_uuid(row[0]), row[1], _uuid(row[2]), _created(row[3]), _payload(row[4])) for row in rows
+            _command(
+                _uuid(row[0]),
+                row[1],
+                None if row[2] is None else _uuid(row[2]),
+                None if row[3] is None else _uuid(row[3]),
+                _created(row[4]),
+                _payload(row[5]),
+            )
+            for row in rows
         ]
         return Taken(_uuid(machine), commands)
 

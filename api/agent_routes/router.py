@@ -16,6 +16,7 @@ from api.core.notify import Notifier
 from api.core.security import CurrentAgent
 from api.runs import reports
 from api.runs import service as runs
+from api.services import lifecycle as services
 from shared.protocol import (
     MAX_POLL_WAIT_SECONDS,
     Command,
@@ -31,10 +32,12 @@ router = APIRouter(prefix="/agent", tags=["agent"], responses=error_responses(40
 
 @router.post("/hello", operation_id="agent_hello", responses=error_responses(422))
 async def hello(data: Hello, session: SessionDep, notifier: NotifierDep, agent: CurrentAgent) -> HelloReply:
-    """On start and reconnect: the agent's version, GPUs and runs in hand; the API reconciles."""
+    """On start and reconnect: the agent's version, GPUs, and the runs and services in hand; the API
+    reconciles, and answers those it should stop."""
     machine = await service.agent_machine(session, agent.machine_id)
     stop_runs = await service.hello(session, notifier, machine, data)
-    return HelloReply(machine=machine.name, stop_runs=stop_runs)
+    stop_services = await services.reconcile(session, machine, data.services)
+    return HelloReply(machine=machine.name, stop_runs=stop_runs, stop_services=stop_services)
 
 
 @router.get("/commands", operation_id="agent_commands_poll", response_model=list[Command])

@@ -45,6 +45,17 @@ LAG = Histogram(
     "From the newest point or line of a batch being written on the target machine to its storing",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+PREDICTIONS = Counter(
+    "trainyard_predictions_total",
+    "Predictions forwarded to a service by POST .../predict, by outcome (ok or the problem's code)",
+    ["project", "service", "outcome"],
+)
+PREDICT_LATENCY = Histogram(
+    "trainyard_predict_duration_seconds",
+    "From forwarding a prediction to its answer (or failure), the API's hop to the instance included",
+    ["project", "service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 router = APIRouter(tags=["operations"])
 

@@ -66,6 +66,9 @@ class Permission(StrEnum):
     USERS_VIEW = "users.view"
     USERS_ADMIN = "users.admin"
     AUDIT_VIEW = "audit.view"
+    SERVICES_VIEW = "services.view"
+    SERVICES_MANAGE = "services.manage"
+    SERVICES_PREDICT = "services.predict"
     # Held by every user for their own tokens, not granted by roles: it only matters to a narrowed
     # token, which may list, make and revoke its owner's tokens only if it names it (docs/auth.md).
     TOKENS_MANAGE = "tokens.manage"
@@ -212,14 +215,22 @@ async def refuse_as_agent(session: AsyncSession, digest: str) -> NoReturn:
     raise Unauthorized("the token is not valid", code="invalid_token")
 
 
+# A person's or a bot's token with its user, in one statement: every request of theirs reads both.
+_TOKEN_WITH_USER = (
+    select(ApiToken, User)
+    .outerjoin(User, User.id == ApiToken.user_id)
+    .where(ApiToken.token_hmac == bindparam("digest"))
+)
+
+
 async def user_for_token(session: AsyncSession, digest: str) -> Principal | None:
     now = utcnow()
-    api_token = await session.scalar(select(ApiToken).where(ApiToken.token_hmac == digest))
-    if api_token is None or not hmac.compare_digest(api_token.token_hmac, digest):
+    found = (await session.execute(_TOKEN_WITH_USER, {"digest": digest})).first()
+    if found is None or not hmac.compare_digest(found.ApiToken.token_hmac, digest):
         return None
+    api_token, user = found.ApiToken, found.User
     if api_token.revoked_at is not None or (api_token.expires_at and api_token.expires_at <= now):
         raise Unauthorized("the token was revoked or has expired", code="invalid_token")
-    user = await session.get(User, api_token.user_id)
     if user is None or not user.enabled:
         raise Unauthorized("the token's user is disabled", code="invalid_token")
     if api_token.last_used_at is None or now - api_token.last_used_at > LAST_USED_RESOLUTION:
@@ -264,13 +275,17 @@ async def user_principal(session: AsyncSession, user: User) -> Principal:
 AnyPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
+def _refuse_agents(principal: Principal) -> None:
+    if principal.kind != "user":
+        raise Forbidden("agent tokens are accepted on /api/v1/agent/... only", code="agent_token_not_allowed")
+
+
 async def current_user(
     principal: AnyPrincipal, request: Request, session: SessionDep
 ) -> AsyncIterator[Principal]:
     """A person's or a bot's token. A change that succeeds leaves a row in the audit trail, written in
     the request's own unit of work: a refused or failed change leaves none."""
-    if principal.kind != "user":
-        raise Forbidden("agent tokens are accepted on /api/v1/agent/... only", code="agent_token_not_allowed")
+    _refuse_agents(principal)
     yield principal
     if request.method not in _SAFE_METHODS:
         route = request.scope.get("route")
@@ -309,8 +324,16 @@ async def agent_for(session: AsyncSession, digest: str) -> Principal:
     return agent
 
 
+async def current_user_unaudited(principal: AnyPrincipal) -> Principal:
+    """A person's or a bot's token on a POST that changes nothing (a prediction): no audit row, which
+    would be one write per call on a route called thousands of times a second."""
+    _refuse_agents(principal)
+    return principal
+
+
 # scope="function": the audit row is added before the session dependency commits.
 CurrentUser = Annotated[Principal, Depends(current_user, scope="function")]
+UnauditedUser = Annotated[Principal, Depends(current_user_unaudited)]
 
 
 async def own_tokens_manager(principal: CurrentUser) -> Principal:
@@ -336,30 +359,47 @@ async def visible_project_id(session: AsyncSession, principal: Principal, name: 
     return project_id
 
 
-def requires(permission: Permission) -> Any:
+def requires(permission: Permission, *, audited: bool = True) -> Any:
     """The dependency a route declares for the permission it needs: `Annotated[Principal, requires(...)]`.
 
     Under `/projects/{project}` the permission is checked in that project (404 first if the caller
     cannot see it); elsewhere it must be held in at least one project (or by an administrator).
     The OpenAPI document lists it as the operation's `x-permission` (api/core/openapi.py).
+    `audited=False`: a POST that changes nothing leaves no audit row (`current_user_unaudited`).
     """
+    return _audited_check(permission) if audited else _unaudited_check(permission)
 
+
+def _audited_check(permission: Permission) -> Any:
     async def check(request: Request, principal: CurrentUser, session: SessionDep) -> Principal:
-        project = request.path_params.get("project")
-        project_id = None
-        if project is not None:
-            project_id = await visible_project_id(session, principal, project)
-            request.state.project_id = project_id
-        if not principal.can(permission, project_id):
-            where = f" in project {project!r}" if project is not None else ""
-            raise Forbidden(
-                f"this needs the permission {permission.value!r}{where}", code="permission_denied"
-            )
-        return principal
+        return await _check_in_project(permission, request, principal, session)
 
     check.__name__ = f"requires_{permission.name.lower()}"
     check.permission = permission  # type: ignore[attr-defined]
     return Depends(check)
+
+
+def _unaudited_check(permission: Permission) -> Any:
+    async def check(request: Request, principal: UnauditedUser, session: SessionDep) -> Principal:
+        return await _check_in_project(permission, request, principal, session)
+
+    check.__name__ = f"requires_{permission.name.lower()}_unaudited"
+    check.permission = permission  # type: ignore[attr-defined]
+    return Depends(check)
+
+
+async def _check_in_project(
+    permission: Permission, request: Request, principal: Principal, session: AsyncSession
+) -> Principal:
+    project = request.path_params.get("project")
+    project_id = None
+    if project is not None:
+        project_id = await visible_project_id(session, principal, project)
+        request.state.project_id = project_id
+    if not principal.can(permission, project_id):
+        where = f" in project {project!r}" if project is not None else ""
+        raise Forbidden(f"this needs the permission {permission.value!r}{where}", code="permission_denied")
+    return principal
 
 
 async def ensure_bootstrap_admin(session: SessionDep, key: bytes, bootstrap_token: str) -> bool:

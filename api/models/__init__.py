@@ -10,6 +10,7 @@ from api.models.machine import Machine
 from api.models.output import RunOutput
 from api.models.package import Blob, Package, PackageLine, PackageVersion
 from api.models.process import Process, ProcessEvent, Run
+from api.models.service import Service, ServiceAuditEvent
 from api.models.telemetry import MetricPoint, MetricRollup, MetricSeries, RunLogLine, RunTelemetry
 from api.models.template import Template
 from api.models.webhook import ProcessSchedule, Webhook, WebhookDelivery
@@ -43,6 +44,8 @@ __all__ = [
     "RunLogLine",
     "RunOutput",
     "RunTelemetry",
+    "Service",
+    "ServiceAuditEvent",
     "Template",
     "User",
     "Webhook",

@@ -116,6 +116,8 @@ def test_every_operation_has_a_declared_tag(spec: dict[str, Any]) -> None:
 
 
 ADMIN_READS = {"webhooks_list", "webhooks_get", "webhooks_deliveries_list"}
+# Reads that hand out a credential: a service's direct addresses with its secret (docs/serving.md).
+PREDICT_READS = {"services_endpoint_get"}
 
 
 def test_every_api_operation_but_the_agents_names_its_permission(spec: dict[str, Any]) -> None:
@@ -134,9 +136,12 @@ def test_every_api_operation_but_the_agents_names_its_permission(spec: dict[str,
         assert permission in known, f"{method} {path}: x-permission {permission!r}"
         # Reading needs a `.view` permission; changing anything needs more than that. Except reading
         # a project's webhooks: their URLs may hold a receiver's credentials, so only its
-        # administrators read them.
+        # administrators read them; and a service's direct endpoint, which holds its secret.
         if operation["operationId"] in ADMIN_READS:
             assert permission == Permission.PROJECTS_ADMIN, f"{method} {path}: {permission}"
+            continue
+        if operation["operationId"] in PREDICT_READS:
+            assert permission == Permission.SERVICES_PREDICT, f"{method} {path}: {permission}"
             continue
         assert permission.endswith(".view") == (method == "get"), f"{method} {path}: {permission}"
         assert f"`{permission}`" in operation.get("description", "")

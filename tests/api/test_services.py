@@ -1,0 +1,412 @@
+"""Prediction services (issue 15, docs/serving.md): the whole life driven through the real protocol,
+the test acting as the agent; predictions forwarded to a real HTTP server on loopback that stands for
+the serving process (tests/api/serving_stand_in.py)."""
+
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from httpx import AsyncClient
+from prometheus_client import REGISTRY
+
+from tests.api.access_kit import member_token
+from tests.api.conftest import DatabaseDump
+from tests.api.packages_kit import upload_package, valid_package, zip_bytes
+from tests.api.serving_stand_in import serving
+from tests.api.world import BASE_PACKAGE, BASE_PACKAGE_ZIP, World, agent_client, make_world, ok, problem
+
+HELLO = {"agent_version": "0.1.0"}
+
+
+def path(world: World, name: str = "svc") -> str:
+    return f"/projects/{world.project}/services/{name}"
+
+
+async def publish(client: AsyncClient, world: World, name: str = "svc", **fields: Any) -> dict[str, Any]:
+    body = {"name": name, "package": BASE_PACKAGE, "version": "1.0", "machine": world.machine, **fields}
+    service: dict[str, Any] = ok(await client.post(f"/projects/{world.project}/services", json=body), 201)
+    return service
+
+
+async def take(agent: AsyncClient, kind: str) -> dict[str, Any]:
+    """Poll and acknowledge: the one command of `kind` waiting."""
+    commands = [c for c in ok(await agent.get("/commands")) if c["kind"] == kind]
+    assert len(commands) == 1, commands
+    assert ok(await agent.post(f"/commands/{commands[0]['id']}/ack"))["state"] == "acknowledged"
+    return commands[0]
+
+
+async def event(agent: AsyncClient, service_id: str, type: str, **fields: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = ok(
+        await agent.post(f"/services/{service_id}/events", json={"type": type, **fields})
+    )
+    return reply
+
+
+async def started(client: AsyncClient, agent: AsyncClient, world: World, name: str = "svc") -> str:
+    """Start the service and take its start as the agent does; returns the secret it was given."""
+    assert ok(await client.post(f"{path(world, name)}/start"), 202)["status"] == "starting"
+    secret: str = (await take(agent, "start_service"))["payload"]["start"]["secret"]
+    return secret
+
+
+def status_moves(events: list[dict[str, Any]]) -> list[tuple[str | None, str | None, str | None]]:
+    return [
+        (e["from_status"], e["to_status"], e["reason_code"]) for e in events if e["kind"] == "service_status"
+    ]
+
+
+async def test_the_whole_life_through_the_protocol(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    created = await publish(client, world, max_run_seconds=600)
+    assert (created["status"], created["package"], created["version"], created["machine"]) == (
+        "created",
+        BASE_PACKAGE,
+        "1.0",
+        world.machine,
+    )
+    assert (created["instances"], created["max_run_seconds"], created["serving_instances"]) == (1, 600, [])
+    async with agent_client(app, world.agent_token) as agent:
+        assert ok(await client.post(f"{path(world)}/start"), 202)["status"] == "starting"
+        command = await take(agent, "start_service")
+        assert (command["service_id"], command["run_id"]) == (created["id"], None)
+        start = command["payload"]["start"]
+        assert start["service_id"] == created["id"]
+        assert (start["project"], start["name"], start["package"], start["version"]) == (
+            world.project,
+            "svc",
+            BASE_PACKAGE,
+            "1.0",
+        )
+        assert (start["max_run_seconds"], start["instances"]) == (600, 1)
+        assert len(start["secret"]) >= 32
+        package = await agent.get(f"/services/{created['id']}/package")
+        assert package.status_code == 200 and package.content == BASE_PACKAGE_ZIP
+        assert package.headers["etag"] == f'"{start["package_sha256"]}"'
+
+        with serving(start["secret"]) as instance:
+            assert (await event(agent, created["id"], "starting", pid=4242))["status"] == "starting"
+            reply = await event(agent, created["id"], "serving", address=instance.address)
+            assert (reply["status"], reply["stop"]) == ("serving", False)
+            assert ok(await client.get(path(world)))["serving_instances"] == [0]
+
+            answer = await client.post(f"{path(world)}/predict", json={"pixels": [1, 2, 3]})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json() == {"instance": 0, "input": {"pixels": [1, 2, 3]}}
+            raw = await client.post(
+                f"{path(world)}/predict", content=b"\x00\x01image", headers={"Content-Type": "image/png"}
+            )
+            assert (raw.status_code, raw.text) == (200, "7")
+            assert raw.headers["content-type"].startswith("text/plain")
+            failed = problem(
+                await client.post(f"{path(world)}/predict", json={"raise": "boom"}), 422, "prediction_failed"
+            )
+            assert failed["detail"] == "ValueError: boom"
+            endpoint = ok(await client.get(f"{path(world)}/endpoint"))
+            assert endpoint == {"addresses": [instance.address], "secret": start["secret"]}
+            assert instance.calls == 3
+
+            problem(await client.post(f"{path(world)}/start"), 409, "service_active")
+            stopping = ok(await client.post(f"{path(world)}/stop"), 202)
+            assert (stopping["status"], stopping["reason_code"]) == ("stopping", "user_stop")
+            stop = (await take(agent, "stop_service"))["payload"]["stop"]
+            assert stop == {"service_id": created["id"], "reason_code": "user_stop"}
+            problem(await client.post(f"{path(world)}/predict", json={}), 409, "service_not_serving")
+            reply = await event(agent, created["id"], "stopped", instance=0)
+            assert (reply["status"], reply["stop"]) == ("stopped", True)
+
+    stopped = ok(await client.get(path(world)))
+    assert (stopped["status"], stopped["reason_code"], stopped["serving_instances"]) == (
+        "stopped",
+        "user_stop",
+        [],
+    )
+    assert stopped["ended_at"] is not None
+    events = ok(await client.get(f"{path(world)}/events"))["items"]
+    assert status_moves(events) == [
+        ("created", "starting", None),
+        ("starting", "serving", None),
+        ("serving", "stopping", "user_stop"),
+        ("stopping", "stopped", "user_stop"),
+    ]
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "service_created" and "instance_serving" in kinds and "instance_stopped" in kinds
+    # Started again: a new secret, the old instance's address forgotten.
+    async with agent_client(app, world.agent_token) as agent:
+        again = await started(client, agent, world)
+    assert again != start["secret"]
+    assert ok(await client.get(path(world)))["serving_instances"] == []
+
+
+async def test_predict_refused_when_not_serving_and_502_when_unreachable(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    world = await make_world(client)
+    created = await publish(client, world)
+    problem(await client.post(f"{path(world)}/predict", json={"x": 1}), 409, "service_not_serving")
+    problem(await client.get(f"{path(world)}/endpoint"), 409, "service_not_serving")
+    with socket.socket() as closed:  # a port nothing listens on once this closes
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with agent_client(app, world.agent_token) as agent:
+        await started(client, agent, world)
+        await event(agent, created["id"], "serving", address=f"http://127.0.0.1:{port}")
+    unreachable = problem(
+        await client.post(f"{path(world)}/predict", json={"x": 1}), 502, "service_unreachable"
+    )
+    assert str(port) in unreachable["detail"]
+
+
+async def test_instances_answer_in_turn_and_restarts_keep_it_serving(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    world = await make_world(client)
+    created = await publish(client, world, instances=2)
+    service_id = created["id"]
+    async with agent_client(app, world.agent_token) as agent:
+        secret = await started(client, agent, world)
+        with serving(secret, 0) as first, serving(secret, 1) as second:
+            await event(agent, service_id, "serving", instance=0, address=first.address)
+            await event(agent, service_id, "serving", instance=1, address=f"{second.address}/")
+            assert ok(await client.get(path(world)))["serving_instances"] == [0, 1]
+            answered = [ok(await client.post(f"{path(world)}/predict", json=n))["instance"] for n in range(4)]
+            assert sorted(answered) == [0, 0, 1, 1] and answered[0] != answered[1], answered
+
+            reply = await event(
+                agent,
+                service_id,
+                "exited",
+                instance=0,
+                exit_code=1,
+                error_tail="MemoryError",
+                restarting=True,
+            )
+            assert (reply["status"], reply["stop"]) == ("serving", False)
+            one_left = ok(await client.get(path(world)))
+            assert (one_left["serving_instances"], one_left["error_tail"]) == ([1], "MemoryError")
+            assert ok(await client.post(f"{path(world)}/predict", json=1))["instance"] == 1
+            reply = await event(agent, service_id, "exited", instance=1, signal=9, restarting=True)
+            assert reply["status"] == "starting"
+            problem(await client.post(f"{path(world)}/predict", json=1), 409, "service_not_serving")
+            assert (await event(agent, service_id, "serving", instance=1, address=second.address))[
+                "status"
+            ] == ("serving")
+            reply = await event(
+                agent,
+                service_id,
+                "exited",
+                instance=1,
+                exit_code=2,
+                error_tail="Traceback: boom",
+                restarting=False,
+            )
+            assert (reply["status"], reply["stop"]) == ("failed", True)
+    failed = ok(await client.get(path(world)))
+    assert (failed["status"], failed["reason_code"], failed["error_tail"]) == (
+        "failed",
+        "exit_nonzero",
+        "Traceback: boom",
+    )
+    assert failed["serving_instances"] == []
+    assert status_moves(ok(await client.get(f"{path(world)}/events"))["items"])[-3:] == [
+        ("serving", "starting", None),
+        ("starting", "serving", None),
+        ("serving", "failed", "exit_nonzero"),
+    ]
+
+
+async def test_the_maximum_run_time_stops_it(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    created = await publish(client, world, max_run_seconds=1)
+    async with agent_client(app, world.agent_token) as agent:
+        await started(client, agent, world)
+        await event(agent, created["id"], "serving", address="http://127.0.0.1:9")
+        reply = await event(agent, created["id"], "stopped", reason_code="max_duration")
+        assert (reply["status"], reply["stop"]) == ("stopped", True)
+        # A late fact about the stopped service changes nothing and is told to stop.
+        late = await event(agent, created["id"], "serving", address="http://127.0.0.1:9")
+        assert (late["status"], late["stop"]) == ("stopped", True)
+    found = ok(await client.get(path(world)))
+    assert (found["status"], found["reason_code"], found["serving_instances"]) == (
+        "stopped",
+        "max_duration",
+        [],
+    )
+
+
+async def test_hello_keeps_what_is_wanted_and_stops_the_rest(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    ids = {
+        name: (await publish(client, world, name))["id"]
+        for name in ("kept", "ended", "lost", "stopping", "untaken")
+    }
+    unknown = str(uuid.uuid4())
+    async with agent_client(app, world.agent_token) as agent:
+        for name in ("kept", "ended", "lost", "stopping"):
+            await started(client, agent, world, name)
+            await event(agent, ids[name], "serving", address="http://127.0.0.1:9")
+        ok(await client.post(f"{path(world, 'ended')}/stop"), 202)
+        await event(agent, ids["ended"], "stopped")
+        ok(await client.post(f"{path(world, 'stopping')}/stop"), 202)
+        ok(await client.post(f"{path(world, 'untaken')}/start"), 202)
+        held = [ids["kept"], ids["ended"], unknown]
+        reply = ok(await agent.post("/hello", json={**HELLO, "services": held}))
+        assert reply["stop_services"] == [ids["ended"], unknown]
+        # The start it had not taken waits for its next poll.
+        assert [
+            c["service_id"] for c in ok(await agent.get("/commands")) if c["kind"] == "start_service"
+        ] == [ids["untaken"]]
+    statuses = {name: ok(await client.get(path(world, name))) for name in ids}
+    assert (statuses["kept"]["status"], statuses["kept"]["serving_instances"]) == ("serving", [0])
+    assert (statuses["lost"]["status"], statuses["lost"]["reason_code"]) == ("failed", "lost")
+    assert (statuses["stopping"]["status"], statuses["stopping"]["reason_code"]) == ("stopped", "user_stop")
+    assert statuses["untaken"]["status"] == "starting"
+    assert statuses["ended"]["status"] == "stopped"
+
+
+async def test_delete_stops_a_served_service_first(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    created = await publish(client, world, "idle")
+    assert (await client.delete(path(world, "idle"))).status_code == 204
+    problem(await client.get(path(world, "idle")), 404, "service_not_found")
+
+    untaken = await publish(client, world, "untaken")
+    ok(await client.post(f"{path(world, 'untaken')}/start"), 202)
+    assert (await client.delete(path(world, "untaken"))).status_code == 204  # no agent took it
+
+    served = await publish(client, world, "served")
+    async with agent_client(app, world.agent_token) as agent:
+        assert ok(await agent.get("/commands")) == []  # the withdrawn start went with its service
+        await started(client, agent, world, "served")
+        await event(agent, served["id"], "serving", address="http://127.0.0.1:9")
+        deleting = ok(await client.delete(path(world, "served")), 202)
+        assert (deleting["status"], deleting["delete_requested"]) == ("stopping", True)
+        await take(agent, "stop_service")
+        reply = await event(agent, served["id"], "stopped")
+        assert (reply["status"], reply["stop"]) == ("stopped", True)
+        problem(await client.get(path(world, "served")), 404, "service_not_found")
+        problem(
+            await agent.post(f"/services/{served['id']}/events", json={"type": "stopped"}),
+            404,
+            "service_not_found",
+        )
+        reply = ok(await agent.post("/hello", json={**HELLO, "services": [served["id"]]}))
+        assert reply["stop_services"] == [served["id"]]
+    assert ok(await client.get(f"/projects/{world.project}/services"))["items"] == []
+    del created, untaken
+
+
+async def test_bad_input_is_refused_and_changes_nothing(
+    client: AsyncClient, dump_database: Callable[[], Awaitable[DatabaseDump]]
+) -> None:
+    world = await make_world(client)
+    ok(await upload_package(client, world.project, "trainonly", zip_bytes(valid_package(predict=False))), 201)
+    await publish(client, world, "taken")
+    disabled = ok(await client.post("/machines", json={"name": "off", "address": "10.0.0.2"}), 201)["name"]
+    ok(await client.post(f"/machines/{disabled}/disable"))
+    before = await dump_database()
+    services = f"/projects/{world.project}/services"
+    base = {"name": "svc", "package": BASE_PACKAGE, "version": "1.0", "machine": world.machine}
+    for change, status, code in (
+        ({"instances": 0}, 422, "validation_error"),
+        ({"instances": 17}, 422, "validation_error"),
+        ({"max_run_seconds": 0}, 422, "validation_error"),
+        ({"name": "..."}, 422, "validation_error"),
+        ({"colour": "red"}, 422, "validation_error"),
+        ({"package": "nothing"}, 404, "package_not_found"),
+        ({"version": "9.0"}, 404, "package_version_not_found"),
+        ({"version": "one"}, 404, "package_version_not_found"),
+        ({"package": "trainonly"}, 422, "package_cannot_serve"),
+        ({"machine": "nowhere"}, 404, "machine_not_found"),
+        ({"machine": disabled}, 409, "machine_disabled"),
+        ({"name": "taken"}, 409, "service_exists"),
+    ):
+        problem(await client.post(services, json={**base, **change}), status, code)
+    problem(await client.post(f"{path(world, 'taken')}/stop"), 409, "service_not_active")
+    problem(await client.post(f"{path(world, 'nothing')}/start"), 404, "service_not_found")
+    problem(await client.get(f"{services}?status=dancing"), 422, "validation_error")
+    assert await dump_database() == before
+
+
+async def test_viewer_reads_but_may_not_predict(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    created = await publish(client, world)
+    tokens = {
+        role: await member_token(client, world.project, f"u-{role}", role) for role in ("viewer", "trainer")
+    }
+    async with agent_client(app, world.agent_token) as agent:
+        secret = await started(client, agent, world)
+        with serving(secret) as instance:
+            await event(agent, created["id"], "serving", address=instance.address)
+            for role, allowed in (("viewer", False), ("trainer", True)):
+                headers = {"Authorization": f"Bearer {tokens[role]}"}
+                assert ok(await client.get(path(world), headers=headers))["status"] == "serving"
+                predicted = await client.post(f"{path(world)}/predict", json=[1], headers=headers)
+                endpoint = await client.get(f"{path(world)}/endpoint", headers=headers)
+                if allowed:
+                    assert ok(predicted) == {"instance": 0, "input": [1]}
+                    assert ok(endpoint)["secret"] == secret
+                else:
+                    problem(predicted, 403, "permission_denied")
+                    problem(endpoint, 403, "permission_denied")
+                    problem(
+                        await client.post(f"{path(world)}/stop", headers=headers), 403, "permission_denied"
+                    )
+            assert instance.calls == 1
+
+
+async def test_only_the_services_machine_may_report_or_fetch(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    other = await make_world(client, "-other")
+    created = await publish(client, world)
+    async with agent_client(app, other.agent_token) as intruder:
+        problem(await intruder.get(f"/services/{created['id']}/package"), 404, "service_not_found")
+        problem(
+            await intruder.post(
+                f"/services/{created['id']}/events", json={"type": "serving", "address": "http://x:1"}
+            ),
+            404,
+            "service_not_found",
+        )
+    async with agent_client(app, world.agent_token) as agent:
+        await started(client, agent, world)
+        for address in ("ftp://host:1", "http://host:1/predict", "nothing", None):
+            problem(
+                await agent.post(
+                    f"/services/{created['id']}/events", json={"type": "serving", "address": address}
+                ),
+                422,
+                "invalid_address",
+            )
+    assert ok(await client.get(path(world)))["status"] == "starting"
+
+
+async def test_predictions_are_counted_in_prometheus(
+    client: AsyncClient, anon: AsyncClient, app: FastAPI
+) -> None:
+    world = await make_world(client, "-metrics")
+    created = await publish(client, world, "counted")
+    labels = {"project": world.project, "service": "counted"}
+
+    def counted(outcome: str) -> float:
+        return REGISTRY.get_sample_value("trainyard_predictions_total", {**labels, "outcome": outcome}) or 0.0
+
+    before = {outcome: counted(outcome) for outcome in ("ok", "prediction_failed", "service_not_serving")}
+    timed = REGISTRY.get_sample_value("trainyard_predict_duration_seconds_count", labels) or 0.0
+    async with agent_client(app, world.agent_token) as agent:
+        secret = await started(client, agent, world, "counted")
+        with serving(secret) as instance:
+            await event(agent, created["id"], "serving", address=instance.address)
+            ok(await client.post(f"{path(world, 'counted')}/predict", json=1))
+            problem(
+                await client.post(f"{path(world, 'counted')}/predict", json={"raise": "x"}),
+                422,
+                "prediction_failed",
+            )
+    assert counted("ok") == before["ok"] + 1
+    assert counted("prediction_failed") == before["prediction_failed"] + 1
+    assert REGISTRY.get_sample_value("trainyard_predict_duration_seconds_count", labels) == timed + 2
+    assert "trainyard_predictions_total{" in (await anon.get("/metrics")).text
