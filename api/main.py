@@ -15,7 +15,6 @@ from api.access.members_router import audit_router
 from api.access.members_router import router as members_router
 from api.access.router import roles_router, users_router
 from api.access.tokens_router import auth_router, tokens_router
-from api.agent_routes.direct import router as agent_direct_router
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
@@ -49,7 +48,6 @@ from api.schedules.firing import ScheduleFiring
 from api.schedules.router import router as schedules_router
 from api.services.proxy import PredictClient
 from api.services.router import router as services_router
-from api.storage.collector import collect_forever
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
@@ -107,13 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schedules = asyncio.create_task(
             ScheduleFiring(sessionmaker, notifier, settings).run_forever(), name="schedules"
         )
-        tasks = [sweeper, dispatcher, schedules]
-        if settings.blob_gc_interval_seconds > 0:  # 0: off (docs/storage.md, "Garbage collection")
-            tasks.append(asyncio.create_task(collect_forever(sessionmaker, blobs, settings), name="blob-gc"))
         try:
             yield
         finally:
-            for task in tasks:
+            for task in (sweeper, dispatcher, schedules):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -158,7 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry_agent_router,
         agent_io_router,
         agent_services_router,
-        agent_direct_router,
         projects_router,
         model_types_router,
         machines_router,
