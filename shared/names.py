@@ -58,6 +58,9 @@ RESERVED_PARAMETER_NAMES = frozenset(
         "MASTER_PORT",
     }
 )
+# The executor's own parameters, not the package's (docs/executors.md): a template may name them
+# whatever the package declares; the agent uses each only when its administrator allows the value.
+EXECUTOR_PARAMETERS = frozenset({"slurm_partition", "slurm_account", "slurm_qos"})
 # SLURM_ and the like: Slurm's commands read them as options (docs/executors.md).
 RESERVED_PARAMETER_PREFIXES = (
     "LD_",

@@ -17,6 +17,7 @@ from api.datasets import service as datasets
 from api.models import DatasetVersion, Package, PackageVersion, Project, Template
 from api.packages import service as packages
 from api.packages.inspect import PARAMETER_RULES, coerce_parameter, kind_of
+from shared.names import EXECUTOR_PARAMETERS
 from shared.versions import Version
 
 
@@ -68,7 +69,8 @@ async def resolve_package(
 def check_parameters(version: PackageVersion | None, parameters: dict[str, Any]) -> dict[str, Any]:
     """The parameters validated strictly against the package's declaration, its defaults filled in
     (`coerce_parameter`: no integer past int64, no text or boolean taken for a number). A package that
-    declares nothing (no parameters.json) takes any parameter, each held to the type its JSON has."""
+    declares nothing (no parameters.json) takes any parameter, each held to the type its JSON has.
+    The executor's parameters (`slurm_partition`...) are text, declared or not."""
     declared = (
         None
         if version is None or version.declared_parameters is None
@@ -76,6 +78,15 @@ def check_parameters(version: PackageVersion | None, parameters: dict[str, Any])
     )
     checked: dict[str, Any] = {}
     for name, value in parameters.items():
+        if name in EXECUTOR_PARAMETERS and (declared is None or name not in declared):
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(
+                    f"parameter {name!r} must be text: it names the executor's {name.removeprefix('slurm_')}",
+                    code="invalid_parameter",
+                    field=f"parameters.{name}",
+                )
+            checked[name] = value
+            continue
         if declared is not None and name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             raise InvalidInput(
