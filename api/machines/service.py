@@ -10,7 +10,7 @@ from api.core.repository import add_named, get_by_name
 from api.core.schemas import Page, PageParams, paged
 from api.core.security import new_token, token_hmac
 from api.machines.schemas import MachineCreate, MachineRead, MachineUpdate
-from api.models import Machine, Process
+from api.models import Machine, Process, Service
 from api.models.base import utcnow
 
 
@@ -92,6 +92,9 @@ async def delete_machine(session: AsyncSession, name: str) -> None:
     count = await session.scalar(select(func.count()).where(Process.machine_id == machine.id))
     if count:
         raise Conflict(f"machine {name!r} still holds {count} processes", code="machine_in_use")
+    services = await session.scalar(select(func.count()).where(Service.machine_id == machine.id))
+    if services:
+        raise Conflict(f"machine {name!r} still holds {services} services", code="machine_in_use")
     await session.delete(machine)
     await session.flush()
 

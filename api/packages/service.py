@@ -12,7 +12,7 @@ from api.core.blobs import StoredBlob
 from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.repository import get_by_name, get_or_create_named, record_blobs
 from api.core.schemas import Page, PageParams, paged
-from api.models import Package, PackageLine, PackageVersion, Project, Run, Template
+from api.models import Package, PackageLine, PackageVersion, Project, Run, Service, Template
 from api.packages.inspect import PackageInfo, inspect_package
 from api.packages.schemas import LineageNode, LineageRead, PackageRead, PackageVersionRead
 from api.webhooks import outbox
@@ -169,8 +169,8 @@ def _stored_fields(stored: StoredBlob, info: PackageInfo) -> dict[str, Any]:
 async def delete_version(
     session: AsyncSession, project: Project, package: Package, found: PackageVersion
 ) -> None:
-    """Refused while a template names it, an active run uses it, or versions were trained from it
-    (the lineage would lose a link). Its number is never given again."""
+    """Refused while a template names it, an active run uses it, a service publishes it, or versions
+    were trained from it (the lineage would lose a link). Its number is never given again."""
     text = str(Version(found.major, found.minor))
     templates = await session.scalar(
         select(func.count()).where(
@@ -189,6 +189,12 @@ async def delete_version(
     )
     if active:
         raise Conflict(f"version {text} is used by an active run", code="package_version_in_use")
+    services = await session.scalar(select(func.count()).where(Service.package_version_id == found.id))
+    if services:
+        raise Conflict(
+            f"version {text} is published by {services} services: delete them first",
+            code="package_version_in_use",
+        )
     children = await session.scalar(select(func.count()).where(PackageVersion.parent_id == found.id))
     if children:
         raise Conflict(

@@ -7,7 +7,7 @@ from api.core.errors import Conflict
 from api.core.repository import add_named, get_by_name
 from api.core.schemas import Page, PageParams, paged
 from api.core.security import Principal
-from api.models import Dataset, Package, Process, Project, Template
+from api.models import Dataset, Package, Process, Project, Service, Template
 from api.models.base import utcnow
 from api.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 
@@ -36,7 +36,13 @@ async def update_project(session: AsyncSession, name: str, data: ProjectUpdate) 
 async def delete_project(session: AsyncSession, name: str) -> None:
     """Refused while the project holds anything: deleting a project must never delete training history."""
     project = await get_project(session, name)
-    held = ((Template, "templates"), (Process, "processes"), (Package, "packages"), (Dataset, "datasets"))
+    held = (
+        (Template, "templates"),
+        (Process, "processes"),
+        (Service, "services"),
+        (Package, "packages"),
+        (Dataset, "datasets"),
+    )
     for model, what in held:
         count = await session.scalar(select(func.count()).where(model.project_id == project.id))
         if count:

@@ -410,3 +410,16 @@ async def test_predictions_are_counted_in_prometheus(
     assert counted("prediction_failed") == before["prediction_failed"] + 1
     assert REGISTRY.get_sample_value("trainyard_predict_duration_seconds_count", labels) == timed + 2
     assert "trainyard_predictions_total{" in (await anon.get("/metrics")).text
+
+
+async def test_what_a_service_publishes_stays_until_it_is_deleted(client: AsyncClient) -> None:
+    world = await make_world(client)
+    ok(await upload_package(client, world.project, "served", BASE_PACKAGE_ZIP), 201)
+    host = ok(await client.post("/machines", json={"name": "svc-host", "address": "10.0.0.3"}), 201)["name"]
+    await publish(client, world, package="served", machine=host)
+    version = f"/projects/{world.project}/packages/served/versions/1.0"
+    assert "services" in problem(await client.delete(version), 409, "package_version_in_use")["detail"]
+    assert "services" in problem(await client.delete(f"/machines/{host}"), 409, "machine_in_use")["detail"]
+    assert (await client.delete(path(world))).status_code == 204
+    assert (await client.delete(version)).status_code == 204
+    assert (await client.delete(f"/machines/{host}")).status_code == 204
