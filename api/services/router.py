@@ -11,7 +11,6 @@ from api.core.deps import NotifierDep
 from api.core.errors import error_responses
 from api.core.schemas import Page, PageDep
 from api.core.security import Permission
-from api.core.unit_of_work import commit_early
 from api.projects.deps import InProject, in_project
 from api.runs.lifecycle import actor_of
 from api.services import service
@@ -157,12 +156,6 @@ async def predict(
     """The body and its Content-Type go to a serving instance (in turn); its answer comes back as
     it is. 409 `service_not_serving`, 502 `service_unreachable`, 422 `prediction_failed` (the model
     raised: `detail` holds its error), 413 over the body limit."""
-    loaded = target.loaded
-    addresses, secret = service.serving_endpoints(loaded.service)
-    service_id, label = loaded.service.id, (loaded.project.name, loaded.service.name)
-    await commit_early(session, "a prediction waits on the model: no connection is held meanwhile")
-    body = await request.body()
-    answer = await client.predict(
-        service_id, label, addresses, secret, body, request.headers.get("content-type")
-    )
+    content_type = request.headers.get("content-type")
+    answer = await service.predict(session, client, target.loaded, request.body, content_type)
     return Response(content=answer.body, media_type=answer.media_type)

@@ -3,6 +3,7 @@
 
 import unicodedata
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select
@@ -12,11 +13,13 @@ from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.notify import Notifier
 from api.core.repository import add_named, get_by_name
 from api.core.schemas import Page, PageParams, paged
+from api.core.unit_of_work import commit_early
 from api.models import Machine, Package, PackageVersion, Project, Service, ServiceAuditEvent
 from api.packages.service import get_package, get_version
 from api.runs.lifecycle import Actor
 from api.services import lifecycle
 from api.services.lifecycle import LIVE, S
+from api.services.proxy import PredictClient, Prediction
 from api.services.schemas import ServiceCreate, ServiceEndpointRead, ServiceEventRead, ServiceRead
 from shared.versions import Version
 
@@ -185,6 +188,23 @@ def serving_endpoints(service: Service) -> tuple[list[str], str]:
         )
     addresses = [service.endpoints[key] for key in sorted(service.endpoints, key=int)]
     return addresses, service.secret
+
+
+async def predict(
+    session: AsyncSession,
+    client: PredictClient,
+    loaded: LoadedService,
+    read_body: Callable[[], Awaitable[bytes]],
+    content_type: str | None,
+) -> Prediction:
+    """What a serving instance answers to the body `read_body` gives (the REST route's and the
+    console's test form's one path): 409 `service_not_serving`, 502 `service_unreachable`, 422
+    `prediction_failed`. The body is read after the request's connection went back to the pool."""
+    addresses, secret = serving_endpoints(loaded.service)
+    service_id, label = loaded.service.id, (loaded.project.name, loaded.service.name)
+    await commit_early(session, "a prediction waits on the model: no connection is held meanwhile")
+    body = await read_body()
+    return await client.predict(service_id, label, addresses, secret, body, content_type)
 
 
 async def list_events(session: AsyncSession, service: Service, page: PageParams) -> Page[ServiceEventRead]:
