@@ -1,4 +1,4 @@
-"""`trainyard-api migrate | serve [--host H] [--port P] [--workers N]`."""
+"""`trainyard-api migrate | serve [--host H] [--port P] [--workers N] | gc [--dry-run]`."""
 
 import argparse
 import asyncio
@@ -7,11 +7,15 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from api.core.config import SECRET_KEY_FILE, Settings
+
+if TYPE_CHECKING:
+    from api.storage.collector import CollectionReport
 
 logger = logging.getLogger("trainyard.api")
 # What this process creates (the SQLite file and its -wal and -shm, the secret key, blobs, scratch
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--workers", type=int, default=1, help="API processes (PostgreSQL only: SQLite takes one)"
     )
+    gc = commands.add_parser("gc", help="remove the blobs nothing refers to, past the grace period")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trainyard-api: refusing to install the base packages: {problem}", file=sys.stderr)
             return 2
         return _install_base_packages(settings)
+
+    if args.command == "gc":
+        return _collect(settings, dry_run=args.dry_run)
 
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -141,6 +150,41 @@ def main(argv: list[str] | None = None) -> int:
         log_level="info",
     )
     return 0
+
+
+def _collect(settings: Settings, *, dry_run: bool) -> int:
+    """`trainyard-api gc`: one collector pass now, under the same claim as the API's own passes; each
+    blob on a line of its own, then the total. Exit 3 when another process is collecting."""
+    from api.core.migrate import schema_problem_now
+
+    problem = schema_problem_now(settings.resolved_database_url)
+    if problem is not None:
+        print(f"trainyard-api: refusing to collect: {problem}", file=sys.stderr)
+        return 2
+    report = asyncio.run(_collect_once(settings, dry_run))
+    if report is None:
+        print("trainyard-api: another process is collecting blobs now; try again later", file=sys.stderr)
+        return 3
+    verb = "would remove" if dry_run else "removed"
+    for blob in report.removed:
+        print(f"{verb} {blob.sha256} {blob.size} bytes ({blob.why})")
+    freed = "would be freed" if dry_run else "freed"
+    print(f"trainyard-api: {verb} {len(report.removed)} blobs, {report.bytes_freed} bytes {freed}")
+    return 0
+
+
+async def _collect_once(settings: Settings, dry_run: bool) -> "CollectionReport | None":
+    from api.core.db import create_engine, create_sessionmaker
+    from api.core.notify import Notifier
+    from api.core.s3blobs import blob_store
+    from api.storage.collector import collect_claimed
+
+    engine = create_engine(settings)
+    try:
+        sessionmaker = create_sessionmaker(engine, Notifier())  # nothing it does wakes a long-poll
+        return await collect_claimed(sessionmaker, blob_store(settings), settings, dry_run=dry_run)
+    finally:
+        await engine.dispose()
 
 
 def _install_base_packages(settings: Settings) -> int:

@@ -46,6 +46,7 @@ from api.runs.router import router as runs_router
 from api.runs.sweeper import Sweeper
 from api.schedules.firing import ScheduleFiring
 from api.schedules.router import router as schedules_router
+from api.storage.collector import collect_forever
 from api.services.proxy import PredictClient
 from api.services.router import router as services_router
 from api.telemetry.router import agent_router as telemetry_agent_router
@@ -105,10 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schedules = asyncio.create_task(
             ScheduleFiring(sessionmaker, notifier, settings).run_forever(), name="schedules"
         )
+        tasks = [sweeper, dispatcher, schedules]
+        if settings.blob_gc_interval_seconds > 0:  # 0: off (docs/storage.md, "Garbage collection")
+            tasks.append(asyncio.create_task(collect_forever(sessionmaker, blobs, settings), name="blob-gc"))
         try:
             yield
         finally:
-            for task in (sweeper, dispatcher, schedules):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

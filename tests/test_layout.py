@@ -148,6 +148,7 @@ COMMIT_OWNERS = {
     "api/access/bootstrap.py": "the start-up's built-in roles and first administrator",
     "api/runs/sweeper.py": "the sweeper's sessions, outside any request",
     "api/schedules/firing.py": "a schedule's firing, outside any request",
+    "api/storage/collector.py": "each removal of the blob collector, outside any request",
     "api/webhooks/dispatch.py": "the webhook dispatcher's claims and outcomes, outside any request",
     "api/telemetry/ingest.py": "a telemetry batch owns its transaction",
     "api/agent_routes/poll_store.py": "the long-poll's look on PostgreSQL, on a connection of its own",

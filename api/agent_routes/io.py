@@ -68,7 +68,7 @@ async def _keep_stored(
     """The output whose body is stored, recorded if the run still takes outputs (it may have ended
     while the body streamed in)."""
     run = await _receiving(session, agent, run_id, kind)
-    await record_blobs(session, [(stored.sha256, stored.size)])
+    await record_blobs(session, [stored])
     await outputs.put_output(session, run, kind, path, stored=stored, document=document)
 
 

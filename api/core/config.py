@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     start_timeout: float = Field(default=300.0, gt=0, description="Seconds for an agent to take a start.")
     sweep_interval: float = Field(default=2.0, gt=0, description="Seconds between timeout sweeps.")
     schedule_interval: float = Field(default=5.0, gt=0, description="Seconds between schedule checks.")
+    # The blob collector (docs/storage.md, "Garbage collection").
+    blob_gc_grace_seconds: float = Field(
+        default=24 * 3600.0, ge=0, description="How long a blob nothing refers to is kept before it goes."
+    )
+    blob_gc_interval_seconds: float = Field(
+        default=3600.0, ge=0, description="Seconds between the API's collector passes; 0 turns them off."
+    )
 
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_telemetry_body_bytes: int = Field(

@@ -1,22 +1,25 @@
 """Small lookups every service shares: objects by name, and unique names turned into clear conflicts."""
 
+import asyncio
 import unicodedata
 from collections.abc import Iterable
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.core.blobs import StoredBlob
 from api.core.errors import Conflict, NotFound
 from api.models import Base, Blob
 from api.models.base import utcnow
 
 M = TypeVar("M", bound=Base)
 _BATCH = 500  # rows per INSERT: under SQLite's limit of bound parameters
+_CHECKS_IN_FLIGHT = 16  # record_blobs' look in the store: HEAD requests at once on S3
 
 
 @cache
@@ -54,20 +57,60 @@ async def add_named(session: AsyncSession, obj: M, what: str) -> M:
     return obj
 
 
-async def record_blobs(session: AsyncSession, blobs: Iterable[tuple[str, int]]) -> None:
-    """Make sure a `blobs` row exists for each (sha256, size) already in the store: rows that point at
-    blobs come after the blob's file is in place, never before."""
-    rows = [{"sha256": sha256, "size": size, "created_at": utcnow()} for sha256, size in dict(blobs).items()]
-    if not rows:
+async def record_blobs(session: AsyncSession, blobs: Iterable[StoredBlob]) -> None:
+    """Make sure a `blobs` row exists for each blob already in the store: rows that point at blobs come
+    after the blob's file is in place, never before.
+
+    A row that exists gets `created_at = now`: a reuse starts the collector's grace period again
+    (api/storage/collector.py), and on PostgreSQL the updated row stays locked until this transaction
+    ends, so a collector that meant to delete it waits, then finds it young. A row this call inserts is
+    checked against the store once it is in (and holds the collector off): the collector may have
+    removed that content since the caller's put, which found it stored and sent nothing, or stored it
+    longer ago than the grace period. Such a blob is refused, 409 `blob_gone` (send it again), never
+    recorded over nothing. A blob with no `store` (known from a row or a document) is not checked.
+    Rows are taken in hash order, so two recorders of the same blobs never wait on each other in a
+    cycle."""
+    unique = {blob.sha256: blob for blob in blobs}
+    if not unique:
         return
-    insert = dialect_insert(session)
-    for start in range(0, len(rows), _BATCH):
-        statement = (
-            insert(Blob)
-            .values(rows[start : start + _BATCH])
-            .on_conflict_do_nothing(index_elements=["sha256"])
+    now = utcnow()
+    hashes = sorted(unique)
+    refreshed: set[str] = set()
+    for start in range(0, len(hashes), _BATCH):
+        result = await session.execute(
+            update(Blob)
+            .where(Blob.sha256.in_(hashes[start : start + _BATCH]))
+            .values(created_at=now)
+            .returning(Blob.sha256),
+            execution_options={"synchronize_session": False},
         )
-        await session.execute(statement)
+        refreshed.update(result.scalars())
+    inserted = [unique[sha256] for sha256 in hashes if sha256 not in refreshed]
+    insert = dialect_insert(session)
+    for start in range(0, len(inserted), _BATCH):
+        rows = [
+            {"sha256": blob.sha256, "size": blob.size, "created_at": now}
+            for blob in inserted[start : start + _BATCH]
+        ]
+        # Another recorder may insert the same row meanwhile: then it is refreshed here instead.
+        await session.execute(
+            insert(Blob)
+            .values(rows)
+            .on_conflict_do_update(index_elements=["sha256"], set_={"created_at": now})
+        )
+    for start in range(0, len(inserted), _CHECKS_IN_FLIGHT):
+        group = inserted[start : start + _CHECKS_IN_FLIGHT]
+        present = await asyncio.gather(*(_still_stored(blob) for blob in group))
+        gone = [blob.sha256 for blob, there in zip(group, present, strict=True) if not there]
+        if gone:
+            raise Conflict(
+                f"the stored content {gone[0]} was removed while this upload arrived: send it again",
+                code="blob_gone",
+            )
+
+
+async def _still_stored(blob: StoredBlob) -> bool:
+    return blob.store is None or await blob.store.exists(blob.sha256)
 
 
 def dialect_insert(session: AsyncSession) -> Any:

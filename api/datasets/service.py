@@ -302,7 +302,7 @@ async def add_version(
     files.update((path, (sha256, size)) for path, sha256, size in staged.files)
     _check_clashes(files)
     entries = sorted((path, sha256, size) for path, (sha256, size) in files.items())
-    await record_blobs(session, ((sha256, size) for _, sha256, size in staged.files))
+    await record_blobs(session, staged.blobs)
     version = DatasetVersion(
         dataset_id=dataset.id,
         number=number,

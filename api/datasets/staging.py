@@ -15,7 +15,7 @@ from typing import cast
 
 import anyio.to_thread
 
-from api.core.blobs import BlobStore
+from api.core.blobs import BlobStore, StoredBlob
 from api.core.errors import InvalidInput
 from api.core.uploads import Upload, UploadedFile, archive_refused
 from shared.archive import ArchiveError, ArchiveLimits, MemberReader, inspect_zip, iter_entries
@@ -35,6 +35,9 @@ class StagedUpload:
     files: list[ManifestEntry]  # in the blob store
     replaces: bool  # True: the version is exactly these files; False: added onto the previous version
     description: str | None
+    # The files' blobs as the store reported them, for `record_blobs` (which checks again the ones it
+    # found already stored); for a snapshot, whose files the store held before, built from `files`.
+    blobs: list[StoredBlob]
 
 
 def _has_control_character(text: str) -> bool:
@@ -123,13 +126,15 @@ async def stage(blobs: BlobStore, upload: Upload, limits: ArchiveLimits) -> Stag
     folder, description = _check_form(upload)
     archives = _chosen(upload, "file")
     if archives:
-        return StagedUpload(await _stage_zip(blobs, archives[0].path, limits, folder), True, description)
-    return StagedUpload(await _stage_files(blobs, _chosen(upload, "files"), folder), False, description)
+        stored = await _stage_zip(blobs, archives[0].path, limits, folder)
+        return StagedUpload([entry for entry, _ in stored], True, description, [blob for _, blob in stored])
+    stored = await _stage_files(blobs, _chosen(upload, "files"), folder)
+    return StagedUpload([entry for entry, _ in stored], False, description, [blob for _, blob in stored])
 
 
 async def _stage_zip(
     blobs: BlobStore, archive: Path, limits: ArchiveLimits, folder: str | None
-) -> list[ManifestEntry]:
+) -> list[tuple[ManifestEntry, StoredBlob]]:
     try:
         inventory = await anyio.to_thread.run_sync(inspect_zip, archive, limits)
         if not inventory.entries:
@@ -143,15 +148,15 @@ async def _stage_zip(
 
 async def _store_members(
     blobs: BlobStore, archive: Path, limits: ArchiveLimits, folder: str | None
-) -> list[ManifestEntry]:
+) -> list[tuple[ManifestEntry, StoredBlob]]:
     """Each member streamed from the zip into the store, one bounded read per thread hop."""
-    stored: list[ManifestEntry] = []
+    stored: list[tuple[ManifestEntry, StoredBlob]] = []
     entries = cast(Generator[tuple[str, int, MemberReader]], iter_entries(archive, limits))
     try:
         while (item := await anyio.to_thread.run_sync(_next_entry, entries)) is not None:
             name, size, reader = item
             blob = await blobs.put(_chunks(reader), max_bytes=size)
-            stored.append((_place(folder, name, "file"), blob.sha256, blob.size))
+            stored.append(((_place(folder, name, "file"), blob.sha256, blob.size), blob))
     finally:
         entries.close()  # closes the zip; synchronous so that a cancellation cannot skip it
     return stored
@@ -168,15 +173,15 @@ async def _chunks(reader: MemberReader) -> AsyncIterator[bytes]:
 
 async def _stage_files(
     blobs: BlobStore, files: list[UploadedFile], folder: str | None
-) -> list[ManifestEntry]:
+) -> list[tuple[ManifestEntry, StoredBlob]]:
     paths = [_place(folder, check_filename(part.filename), "files") for part in files]
     seen: set[str] = set()
     for path in paths:
         if path in seen:
             raise InvalidInput(f"{path!r} is sent twice", code="duplicate_file", field="files")
         seen.add(path)
-    stored = []
+    stored: list[tuple[ManifestEntry, StoredBlob]] = []
     for path, part in zip(paths, files, strict=True):
         blob = await blobs.put_file(part.path)
-        stored.append((path, blob.sha256, blob.size))
+        stored.append(((path, blob.sha256, blob.size), blob))
     return stored

@@ -98,7 +98,7 @@ async def add_uploaded_version(
         )
     ).scalar_one()
     session.add(PackageLine(package_id=package.id, major=major, highest_minor=0))
-    await record_blobs(session, [(stored.sha256, stored.size)])
+    await record_blobs(session, [stored])
     version = PackageVersion(
         package_id=package.id,
         major=major,
@@ -132,7 +132,7 @@ async def add_trained_version(
             execution_options={"synchronize_session": False},
         )
     ).scalar_one()
-    await record_blobs(session, [(stored.sha256, stored.size)])
+    await record_blobs(session, [stored])
     version = PackageVersion(
         package_id=parent.package_id,
         major=parent.major,

@@ -246,7 +246,8 @@ async def _snapshot_version(session: AsyncSession, run: Run, snapshot: RunOutput
     )
     if same is not None:
         return {"dataset": name, "version": same}
-    staged = StagedUpload(files=files, replaces=True, description=None)
+    blobs = [StoredBlob(sha256, size, created=False) for _, sha256, size in files]
+    staged = StagedUpload(files=files, replaces=True, description=None, blobs=blobs)
     _, version = await datasets.add_version(session, project, name, staged, created_by=None)
     return {"dataset": name, "version": version.number}
 

@@ -37,8 +37,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
-# The advisory lock's key for "this process sweeps": a constant nothing else locks, derived from a name.
-SWEEP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"trainyard.sweeper").digest()[:8], "big", signed=True)
+
+
+def lock_key(job: str) -> int:
+    """The advisory lock's key for "this process runs `job`": a constant nothing else locks, derived
+    from the job's name."""
+    return int.from_bytes(hashlib.sha256(f"trainyard.{job}".encode()).digest()[:8], "big", signed=True)
+
+
+SWEEP_LOCK_KEY = lock_key("sweeper")
 # A bound on one check of the claim: a database that stopped answering costs a tick, not the loop.
 CLAIM_TIMEOUT = 10.0
 
@@ -54,12 +61,18 @@ class SweepClaim:
     another takes it. Behind a pooler in transaction mode (PgBouncer) session locks do not hold: the
     claim needs a direct connection, as LISTEN does.
     On SQLite there is one API process (`serve --workers N` is refused): it always sweeps.
+
+    Another job that one process at a time should run takes a claim of its own `job` name (the blob
+    collector's, api/core/blob_gc.py), so that it never waits on the sweeps nor they on it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, job: str = "sweeper", doing: str = "sweeps") -> None:
         self._conninfo = None if settings.is_sqlite else pg_conninfo(settings.resolved_database_url)
         self._connection: psycopg.AsyncConnection[TupleRow] | None = None
         self._held = False
+        self._job = job
+        self._doing = doing  # for the log: "this API process <doing> now"
+        self._key = lock_key(job)
 
     async def held(self) -> bool:
         """Take the claim if it is free, keep it if this process has it; False when another has it or
@@ -73,7 +86,7 @@ class SweepClaim:
                 return await self._take_or_keep()
         except (psycopg.Error, OSError) as error:  # OSError: TimeoutError too
             if self._held:
-                logger.warning("the sweep's claim is lost with its connection: %s", error)
+                logger.warning("the %s's claim is lost with its connection: %s", self._job, error)
             await self.release()
             return False
 
@@ -83,16 +96,16 @@ class SweepClaim:
         assert self._conninfo is not None
         if self._connection is None:
             self._connection = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, application_name="trainyard-sweeper"
+                self._conninfo, autocommit=True, application_name=f"trainyard-{self._job}"
             )
         if self._held:
             await self._connection.execute("SELECT 1")  # the lock lives as long as this connection
             return True
-        taken = await self._connection.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_KEY,))
+        taken = await self._connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
         row = await taken.fetchone()
         self._held = bool(row and row[0])
         if self._held:
-            logger.info("this API process sweeps now (it holds the sweep's advisory lock)")
+            logger.info("this API process %s now (it holds the %s's advisory lock)", self._doing, self._job)
         return self._held
 
     async def release(self) -> None:
@@ -107,7 +120,7 @@ class SweepClaim:
         try:
             if held:
                 async with asyncio.timeout(CLAIM_TIMEOUT):
-                    await connection.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_KEY,))
+                    await connection.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
         except (psycopg.Error, OSError):
             pass  # a broken connection: its lock ends with it
         finally:
