@@ -34,6 +34,7 @@ import pytest
 _PORTS = range(20000, 32000)  # below the ephemeral range, as tests/s3.py explains
 _START_SECONDS = 60.0
 PARTITION = "debug"
+OTHER_PARTITION = "other"  # the same node again: for a template that names its partition
 # Finished jobs stay known to slurmctld (squeue -t all, scontrol) for this long: the agent reads a
 # job's end there when accounting (sacct) is off, as it is here.
 MIN_JOB_AGE_SECONDS = 3600
@@ -101,7 +102,7 @@ def _memory_mb() -> int:
 
 
 def slurm_conf(folder: Path, node: str, cpus: int, ctld_port: int, slurmd_port: int) -> str:
-    """A one-node cluster: this host, its CPUs, one partition, consumable cores, no cgroups."""
+    """A one-node cluster: this host, its CPUs, two partitions over it, consumable cores, no cgroups."""
     memory = max(256, _memory_mb() - 512)  # slurmd refuses a node that claims more than it has
     lines = {
         "ClusterName": "trainyard-tests",
@@ -136,6 +137,7 @@ def slurm_conf(folder: Path, node: str, cpus: int, ctld_port: int, slurmd_port: 
     text = "".join(f"{key}={value}\n" for key, value in lines.items())
     text += f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN\n"
     text += f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP\n"
+    text += f"PartitionName={OTHER_PARTITION} Nodes={node} Default=NO MaxTime=INFINITE State=UP\n"
     return text
 
 

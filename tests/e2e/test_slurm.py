@@ -26,7 +26,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.test_agent_machine import GLOO_TWO_PROCESSES
 from tests.examples.conftest import EXAMPLES, PACKAGES, load_module
-from tests.slurm import SlurmCluster, slurm_cluster
+from tests.slurm import OTHER_PARTITION, PARTITION, SlurmCluster, slurm_cluster
 
 __all__ = ["slurm_cluster"]  # the fixture, used by name
 
@@ -69,13 +69,15 @@ NEVER_ENDS = package(
 )
 
 
-def start_slurm_agent(s: Stack, cluster: SlurmCluster) -> AgentProcess:
+def start_slurm_agent(s: Stack, cluster: SlurmCluster, **extra: str) -> AgentProcess:
     """A `trainyard-agent run` whose runs are jobs of `cluster`."""
-    return s.start_agent(
-        TRAINYARD_AGENT_EXECUTOR="slurm",
-        TRAINYARD_SLURM_CONF=str(cluster.conf),
-        TRAINYARD_SLURM_POLL_INTERVAL="0.3",
-    )
+    settings = {
+        "TRAINYARD_AGENT_EXECUTOR": "slurm",
+        "TRAINYARD_SLURM_CONF": str(cluster.conf),
+        "TRAINYARD_SLURM_POLL_INTERVAL": "0.3",
+        **extra,
+    }
+    return s.start_agent((), **settings)
 
 
 def jobs_of(cluster: SlurmCluster, run_id: str, field: str = "%i") -> list[str]:
@@ -229,7 +231,16 @@ async def test_a_full_cluster_shows_the_queued_stage_with_slurms_reason(slurm_cl
             # Slurm's reason: no free resources, or (once the scheduler ranked it) its priority.
             queued = await wait_stage(s, run["id"], "queued: Resources", "queued: Priority")
             assert queued["status"] == "starting", queued
-            assert not (marks / "pid").exists()
+            # Another run queued behind it, stopped while it waits: its job never runs.
+            other = await s.deploy(WAITS_FOR_GO, marks=s.marks("never"))
+            second = await s.start(other)
+            await wait_stage(s, second["id"], "queued: Resources", "queued: Priority")
+            [job] = jobs_of(slurm_cluster, second["id"])
+            await s.stop(other)
+            stopped = await s.wait_run(second["id"], "stopped", "failed", "succeeded")
+            assert (stopped["status"], stopped["reason_code"]) == ("stopped", "user_stop"), stopped
+            assert job_state(slurm_cluster, job) == "CANCELLED"
+            assert not (marks / "pid").exists() and not (s.marks("never") / "pid").exists()
         finally:
             slurm_cluster.command("scancel", blocker)
         await wait_for_file(marks / "pid", s)
@@ -269,3 +280,22 @@ async def test_a_job_cancelled_outside_trainyard_fails_the_run_saying_so(slurm_c
         assert (done["status"], done["reason_code"]) == ("failed", "cancelled"), done
         assert done["detail"].startswith(f"Slurm ended job {job} CANCELLED: it was cancelled outside"), done
         await wait_gone([pid], s)
+
+
+async def test_a_template_names_an_allowed_partition_and_no_other(slurm_cluster: SlurmCluster) -> None:
+    async with stack() as s:
+        start_slurm_agent(s, slurm_cluster, TRAINYARD_SLURM_PARTITIONS=f"{PARTITION},{OTHER_PARTITION}")
+        marks = s.marks("partition")
+        (marks / "go").write_text("")
+        named = await s.deploy(WAITS_FOR_GO, marks=marks, parameters={"slurm_partition": OTHER_PARTITION})
+        default = await s.deploy(WAITS_FOR_GO, marks=marks)
+        refused = await s.deploy(WAITS_FOR_GO, marks=marks, parameters={"slurm_partition": "gpu-big"})
+        runs = [await s.start(process) for process in (named, default, refused)]
+        await s.wait_succeeded(runs[0]["id"])
+        await s.wait_succeeded(runs[1]["id"])
+        assert jobs_of(slurm_cluster, runs[0]["id"], "%P") == [OTHER_PARTITION]
+        assert jobs_of(slurm_cluster, runs[1]["id"], "%P") == [PARTITION]  # the first allowed
+        done = await s.wait_run(runs[2]["id"], "stopped", "failed", "succeeded")
+        assert (done["status"], done["reason_code"]) == ("failed", "machine_refused"), done
+        assert "slurm_partition 'gpu-big' is not allowed on this machine" in done["detail"], done
+        assert jobs_of(slurm_cluster, runs[2]["id"]) == []
