@@ -93,7 +93,7 @@ async def _install_one(
         )
     ).scalar_one()
     session.add(PackageLine(package_id=package.id, major=major, highest_minor=0))
-    await record_blobs(session, [(stored.sha256, stored.size)])
+    await record_blobs(session, [stored])
     fields = _stored_fields(stored, info)
     session.add(PackageVersion(package_id=package.id, major=major, minor=0, origin=ORIGIN, **fields))
     await session.flush()
