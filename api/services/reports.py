@@ -40,6 +40,12 @@ def _exit_detail(event: ServiceEvent) -> str:
 async def report_event(
     session: AsyncSession, machine: Machine, service: Service, event: ServiceEvent
 ) -> ServiceEventReply:
+    if event.instance >= service.instances:
+        raise InvalidInput(
+            f"the service has {service.instances} instances, numbered from 0",
+            code="invalid_instance",
+            field="instance",
+        )
     actor = agent_actor(machine)
     key = str(event.instance)
     kind = event.type

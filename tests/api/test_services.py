@@ -158,6 +158,13 @@ async def test_predict_refused_when_not_serving_and_502_when_unreachable(
         await client.post(f"{path(world)}/predict", json={"x": 1}), 502, "service_unreachable"
     )
     assert str(port) in unreachable["detail"]
+    limit = app.state.settings.max_json_body_bytes
+    too_large = await client.post(
+        f"{path(world)}/predict",
+        content=b"x" * (limit + 1),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    problem(too_large, 413, "body_too_large")
 
 
 async def test_instances_answer_in_turn_and_restarts_keep_it_serving(
@@ -373,6 +380,14 @@ async def test_only_the_services_machine_may_report_or_fetch(client: AsyncClient
         )
     async with agent_client(app, world.agent_token) as agent:
         await started(client, agent, world)
+        problem(
+            await agent.post(
+                f"/services/{created['id']}/events",
+                json={"type": "serving", "instance": 1, "address": "http://h:1"},
+            ),
+            422,
+            "invalid_instance",
+        )
         for address in ("ftp://host:1", "http://host:1/predict", "nothing", None):
             problem(
                 await agent.post(
