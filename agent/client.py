@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from agent.config import AgentSettings
+from shared.direct_blobs import BLOB_REFERENCE_TYPE, DIRECT_BLOBS, BlobReference, UploadTicket
 from shared.protocol import (
     Command,
     CommandAckReply,
@@ -173,6 +174,37 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def _check_store(response: httpx.Response, policy: RetryPolicy, what: str) -> None:
+    """A presigned request's answer from the blob store: 5xx and 429 retried (the next attempt gets a
+    new URL from the API), any other refusal (an expired or forged URL: 403) raised as `ApiRejected`."""
+    if response.is_success:
+        return
+    await response.aread()
+    if policy.retries(response.status_code):
+        raise _Retry(response.status_code, parse_retry_after(response.headers.get("retry-after")))
+    raise ApiRejected(response.status_code, "blob_store_refused", f"{what}: {response.text[:300]}")
+
+
+async def _save(response: httpx.Response, partial: Path) -> str:
+    """A response's body into `partial`; its sha256."""
+    digest = hashlib.sha256()
+    async with await anyio.open_file(partial, "wb") as file:
+        async for chunk in response.aiter_bytes(CHUNK_BYTES):
+            digest.update(chunk)
+            await file.write(chunk)
+    return digest.hexdigest()
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 class ApiClient:
     """`async with ApiClient(settings) as api: await api.hello(...)`."""
 
@@ -184,6 +216,7 @@ class ApiClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy.from_settings(settings)
+        self.direct_blobs = settings.direct_blobs
         self._http = httpx.AsyncClient(
             base_url=settings.api_url + API_PREFIX,
             headers={"Authorization": f"Bearer {settings.token()}"},
@@ -191,6 +224,8 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Presigned URLs of the blob store (docs/storage.md): never the token, never a second redirect.
+        self._direct = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, follow_redirects=False)
 
     async def __aenter__(self) -> Self:
         return self
@@ -202,6 +237,7 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._direct.aclose()
 
     # Retrying.
 
@@ -253,6 +289,8 @@ class ApiClient:
     # The routes.
 
     async def hello(self, hello: Hello, *, retry: RetryPolicy | None = None) -> HelloReply:
+        if self.direct_blobs:
+            hello = hello.model_copy(update={"capabilities": sorted({*hello.capabilities, DIRECT_BLOBS})})
         return await self._model(
             HelloReply,
             "POST",
@@ -364,15 +402,18 @@ class ApiClient:
             partial = dest_path.with_name(f".{dest_path.name}.{uuid.uuid4().hex}.part")
             try:
                 async with self._http.stream("GET", path) as response:
-                    await _check(response, policy)
+                    presigned = self._presigned(response)
+                    if presigned is None:
+                        await _check(response, policy)
+                        actual = await _save(response, partial)
                     etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
-                    expected = expected_sha256 or etag
-                    digest = hashlib.sha256()
-                    async with await anyio.open_file(partial, "wb") as file:
-                        async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                            digest.update(chunk)
-                            await file.write(chunk)
-                actual = digest.hexdigest()
+                if presigned is not None:
+                    # Each attempt asks the API again, so a retry never reuses an old URL.
+                    async with self._direct.stream("GET", presigned) as stored:
+                        await _check_store(stored, policy, f"GET {path}")
+                        actual = await _save(stored, partial)
+                    logger.debug("GET %s: fetched from the blob store directly", path)
+                expected = expected_sha256 or etag
                 if not expected:
                     raise ChecksumMismatch(f"GET {path}: the API sent no sha256 (ETag) to verify")
                 if actual != expected.lower():
@@ -406,8 +447,18 @@ class ApiClient:
         """One of the run's input files, by its hash, into `dest_path`."""
         return await self._download(f"/runs/{run_id}/blobs/{sha256}", dest_path, sha256, retry=retry)
 
+    def _presigned(self, response: httpx.Response) -> str | None:
+        """The presigned URL of a 307 the API answers an agent that said `direct_blobs`, else None."""
+        if response.status_code != 307 or not self.direct_blobs:
+            return None
+        location: str = response.headers.get("location", "")
+        if not location.startswith(("https://", "http://")):
+            raise ApiRejected(307, "bad_redirect", "the API redirected to no http(s) URL")
+        return location
+
     async def _upload(
         self,
+        run_id: uuid.UUID,
         path: str,
         source: Path,
         content_type: str,
@@ -415,8 +466,18 @@ class ApiClient:
         retry: RetryPolicy | None,
     ) -> OutputReply:
         source = Path(source)
+        reference = None
+        if self.direct_blobs:
+            sha256, size = await anyio.to_thread.run_sync(_hash_file, source)
+            reference = BlobReference(sha256=sha256, size=size)
 
         async def once(policy: RetryPolicy) -> OutputReply:
+            if reference is not None and await self._send_direct(run_id, source, reference, policy):
+                response = await self._http.put(
+                    path, content=reference.model_dump_json(), headers={"Content-Type": BLOB_REFERENCE_TYPE}
+                )
+                await _check(response, policy)
+                return OutputReply.model_validate_json(response.content)
             size = (await anyio.Path(source).stat()).st_size
             response = await self._http.put(
                 path,
@@ -428,6 +489,29 @@ class ApiClient:
 
         return await self._retrying(f"PUT {path}", once, retry)
 
+    async def _send_direct(
+        self, run_id: uuid.UUID, source: Path, reference: BlobReference, policy: RetryPolicy
+    ) -> bool:
+        """Put `source` in the blob store past the API when the API offers it (docs/storage.md):
+        True when it is there (already, or sent now), False to send it through the API instead."""
+        response = await self._http.post(
+            f"/runs/{run_id}/outputs/uploads", json=reference.model_dump(mode="json")
+        )
+        await _check(response, policy)
+        ticket = UploadTicket.model_validate_json(response.content)
+        if ticket.stored:
+            return True
+        if ticket.url is None:
+            return False
+        sent = await self._direct.put(
+            ticket.url,
+            content=_file_chunks(source),
+            headers={"Content-Length": str(reference.size)},
+        )
+        await _check_store(sent, policy, f"PUT {source.name}")
+        logger.debug("PUT %s: sent to the blob store directly (%d bytes)", source.name, reference.size)
+        return True
+
     async def upload_package(
         self,
         run_id: uuid.UUID,
@@ -437,6 +521,7 @@ class ApiClient:
     ) -> OutputReply:
         """The trained package folder, zipped at `path`, as the run's next version."""
         return await self._upload(
+            run_id,
             f"/runs/{run_id}/outputs/package",
             path,
             "application/zip",
@@ -453,6 +538,7 @@ class ApiClient:
     ) -> OutputReply:
         """One file of the run's `artifacts_directory`, under its relative path."""
         return await self._upload(
+            run_id,
             f"/runs/{run_id}/outputs/artifacts/{quote(relative_path, safe='/')}",
             path,
             "application/octet-stream",
@@ -467,7 +553,9 @@ class ApiClient:
         retry: RetryPolicy | None = None,
     ) -> OutputReply:
         """The run's checkpoint folder, zipped at `path`: what a restart of the run resumes from."""
-        return await self._upload(f"/runs/{run_id}/outputs/checkpoint", path, "application/zip", retry=retry)
+        return await self._upload(
+            run_id, f"/runs/{run_id}/outputs/checkpoint", path, "application/zip", retry=retry
+        )
 
     async def download_checkpoint(
         self,

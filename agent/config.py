@@ -106,6 +106,11 @@ class AgentSettings(BaseSettings):
         description="A package with a requirements.txt runs in a virtual environment built from it "
         "(agent/environments.py); off: every run uses the agent's Python.",
     )
+    direct_blobs: bool = Field(
+        default=True,
+        description="Say `direct_blobs` in the hello: on an S3 store, fetch inputs and send outputs through "
+        "presigned URLs, the bytes bypassing the API (docs/storage.md); off: every byte through the API.",
+    )
     poll_wait: float = Field(default=MAX_POLL_WAIT_SECONDS, ge=0, le=MAX_POLL_WAIT_SECONDS)
     retry_initial: float = Field(default=0.5, gt=0, description="First backoff ceiling, seconds.")
     retry_max: float = Field(default=30.0, gt=0, description="Largest backoff ceiling, seconds.")

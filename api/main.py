@@ -15,6 +15,7 @@ from api.access.members_router import audit_router
 from api.access.members_router import router as members_router
 from api.access.router import roles_router, users_router
 from api.access.tokens_router import auth_router, tokens_router
+from api.agent_routes.direct import router as agent_direct_router
 from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         telemetry_agent_router,
         agent_io_router,
+        agent_direct_router,
         agent_services_router,
         projects_router,
         model_types_router,

@@ -5,17 +5,17 @@ it belongs to the run's package or datasets, so an agent token reaches nothing e
 """
 
 import uuid
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.agent_routes import inputs
+from api.agent_routes import direct, inputs
 from api.core.blobs import StoredBlob, check_sha256
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
-from api.core.downloads import blob_response
 from api.core.errors import Conflict, InvalidInput, error_responses
 from api.core.repository import record_blobs
 from api.core.security import CurrentAgent
@@ -25,7 +25,7 @@ from api.models import Run
 from api.packages.service import check_package
 from api.runs import checkpoints, outputs
 from api.runs.service import machine_run
-from shared.archive import ArchiveError, inspect_zip
+from shared.archive import ArchiveError, ArchiveLimits, inspect_zip
 from shared.enums import RunStatus
 from shared.names import InvalidName, normalize_relative_path
 from shared.protocol import DatasetManifest, OutputReply, SnapshotUpload
@@ -81,13 +81,9 @@ async def download_package(
     run_id: uuid.UUID, request: Request, session: SessionDep, blobs: BlobsDep, agent: CurrentAgent
 ) -> Response:
     version = await inputs.package_version(session, await _run(session, agent, run_id))
-    return await blob_response(
-        blobs,
-        version.blob_sha256,
-        version.size,
-        "application/zip",
-        request.headers.get("if-none-match"),
-        filename=f"{version.blob_sha256}.zip",
+    sha256 = version.blob_sha256
+    return await direct.input_response(
+        session, agent, blobs, request, sha256, version.size, "application/zip", f"{sha256}.zip"
     )
 
 
@@ -122,13 +118,8 @@ async def download_blob(
     """One file of the run's inputs, by its hash (the agent's cache fetches only what it lacks)."""
     check_sha256(sha256)
     size = await inputs.input_size(session, await _run(session, agent, run_id), sha256)
-    return await blob_response(
-        blobs,
-        sha256,
-        size,
-        "application/octet-stream",
-        request.headers.get("if-none-match"),
-        filename=sha256,
+    return await direct.input_response(
+        session, agent, blobs, request, sha256, size, "application/octet-stream", sha256
     )
 
 
@@ -136,7 +127,9 @@ async def download_blob(
     "/outputs/package",
     operation_id="agent_runs_outputs_package_upload",
     responses=error_responses(409, 413, 422),
-    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/zip": {}, **direct.REFERENCE_BODY}}
+    },
 )
 async def upload_package(
     run_id: uuid.UUID,
@@ -146,11 +139,19 @@ async def upload_package(
     settings: SettingsDep,
     agent: CurrentAgent,
 ) -> OutputReply:
-    """The trained package folder as a zip; checked like an upload. Sending it again replaces it."""
+    """The trained package folder as a zip, or a reference to its direct upload (docs/storage.md);
+    checked like an upload. Sending it again replaces it."""
     await _before_body(session, agent, run_id)
-    async with receive_body(request, blobs, max_bytes=settings.max_package_bytes) as path:
-        info = await check_package(path, settings.archive_limits())
-        stored = await blobs.put_file(path)
+    limits, max_bytes = settings.archive_limits(), settings.max_package_bytes
+    reference = await direct.reference_in(request)
+    if reference is not None:
+        stored, info = await direct.adopt_checked(
+            blobs, run_id, reference, lambda path: check_package(path, limits), max_bytes=max_bytes
+        )
+    else:
+        async with receive_body(request, blobs, max_bytes=max_bytes) as path:
+            info = await check_package(path, limits)
+            stored = await blobs.put_file(path)
     await _keep_stored(session, agent, run_id, outputs.PACKAGE, stored, document=outputs.info_document(info))
     return OutputReply(kind=outputs.PACKAGE, sha256=stored.sha256, size=stored.size)
 
@@ -159,7 +160,12 @@ async def upload_package(
     "/outputs/artifacts/{path:path}",
     operation_id="agent_runs_outputs_artifact_upload",
     responses=error_responses(409, 413, 422),
-    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {}, **direct.REFERENCE_BODY},
+        }
+    },
 )
 async def upload_artifact(
     run_id: uuid.UUID,
@@ -176,7 +182,11 @@ async def upload_artifact(
     except InvalidName as error:
         raise InvalidInput(f"artifact path {error}", code="invalid_path", field="path") from None
     await _before_body(session, agent, run_id, outputs.ARTIFACT)
-    stored = await blobs.put(request.stream(), max_bytes=settings.max_package_bytes)
+    reference = await direct.reference_in(request)
+    if reference is not None:
+        stored = await direct.adopt(blobs, run_id, reference, max_bytes=settings.max_package_bytes)
+    else:
+        stored = await blobs.put(request.stream(), max_bytes=settings.max_package_bytes)
     await _keep_stored(session, agent, run_id, outputs.ARTIFACT, stored, relative)
     return OutputReply(kind=outputs.ARTIFACT, path=relative, sha256=stored.sha256, size=stored.size)
 
@@ -217,7 +227,9 @@ async def upload_evaluation(
     "/outputs/checkpoint",
     operation_id="agent_runs_outputs_checkpoint_upload",
     responses=error_responses(409, 413, 422),
-    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/zip": {}, **direct.REFERENCE_BODY}}
+    },
 )
 async def upload_checkpoint(
     run_id: uuid.UUID,
@@ -230,14 +242,25 @@ async def upload_checkpoint(
     """The run's checkpoint folder as a zip, sent before `exited` by a run that failed or was
     stopped: a restart of the run resumes from it (docs/pipelines.md). Sending it again replaces it."""
     await _before_body(session, agent, run_id)
-    async with receive_body(request, blobs, max_bytes=settings.max_package_bytes) as path:
-        try:
-            await anyio.to_thread.run_sync(inspect_zip, path, settings.archive_limits())
-        except ArchiveError as error:
-            raise archive_refused(error) from None
-        stored = await blobs.put_file(path)
+    limits, max_bytes = settings.archive_limits(), settings.max_package_bytes
+    reference = await direct.reference_in(request)
+    if reference is not None:
+        stored, _ = await direct.adopt_checked(
+            blobs, run_id, reference, lambda path: _check_zip(path, limits), max_bytes=max_bytes
+        )
+    else:
+        async with receive_body(request, blobs, max_bytes=max_bytes) as path:
+            await _check_zip(path, limits)
+            stored = await blobs.put_file(path)
     await _keep_stored(session, agent, run_id, checkpoints.CHECKPOINT, stored)
     return OutputReply(kind=checkpoints.CHECKPOINT, sha256=stored.sha256, size=stored.size)
+
+
+async def _check_zip(path: FilePath, limits: ArchiveLimits) -> None:
+    try:
+        await anyio.to_thread.run_sync(inspect_zip, path, limits)
+    except ArchiveError as error:
+        raise archive_refused(error) from None
 
 
 @router.get(
@@ -251,6 +274,6 @@ async def download_checkpoint(
     """The checkpoint this run resumes from (its start payload's `checkpoint_sha256`), to unpack into
     its checkpoint folder before the launch; 404 `checkpoint_not_found` for a run that starts over."""
     sha256, size = checkpoints.handed_checkpoint(await _run(session, agent, run_id))
-    return await blob_response(
-        blobs, sha256, size, "application/zip", request.headers.get("if-none-match"), filename=f"{sha256}.zip"
+    return await direct.input_response(
+        session, agent, blobs, request, sha256, size, "application/zip", f"{sha256}.zip"
     )

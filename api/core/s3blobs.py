@@ -31,6 +31,7 @@ from obstore.store import S3Store
 from api.core.blobs import (
     CHUNK_BYTES,
     SHA256_PATTERN,
+    BlobCorrupt,
     BlobInfo,
     BlobStore,
     LocalBlobStore,
@@ -43,7 +44,7 @@ from api.core.blobs import (
     verified,
 )
 from api.core.config import Settings
-from api.core.errors import ServiceUnavailable
+from api.core.errors import Conflict, InvalidInput, ServiceUnavailable
 
 if TYPE_CHECKING:
     from obstore import GetResult, ObjectMeta  # in the type stubs only
@@ -162,6 +163,63 @@ class S3BlobStore(BlobStore):
             raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
         return await obstore.sign_async(self.store, "GET", self.key_of(sha256), expires)
 
+    # Direct uploads (docs/storage.md, "Presigned URLs"): an agent PUTs an output to a key of its own
+    # upload, never to a blob's key, and the API moves it under its hash once checked.
+
+    @staticmethod
+    def incoming_key(scope: str, sha256: str) -> str:
+        """Where a direct upload of `sha256` for `scope` (a run's id) lands before it is checked. Never
+        a blob's own key: a URL handed out cannot overwrite content that something refers to."""
+        check_sha256(sha256)
+        if not scope or "/" in scope:
+            raise ValueError("an upload's scope is one path segment")
+        return f"incoming/{scope}/{sha256}"
+
+    async def upload_url(self, key: str, expires: timedelta) -> str:
+        """A presigned PUT of the one key `key` (`incoming_key`), refused by S3 once `expires` passed."""
+        if not MIN_URL_LIFETIME <= expires <= MAX_URL_LIFETIME:
+            raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
+        return await obstore.sign_async(self.store, "PUT", key, expires)
+
+    async def adopt_upload(self, key: str, sha256: str, size: int, copy_to: Path | None = None) -> StoredBlob:
+        """Move the object an agent sent to `key` under its hash, checked: its size by a HEAD, then its
+        content by reading it once from the blob's key, which only the API writes (so the agent's URL,
+        still valid, cannot change the bytes after the check). `copy_to` receives them on the way (the
+        archive checks of a package need a file). An object that fails is deleted and refused (422
+        `upload_mismatch`, `upload_corrupt`); none at all is 409 `upload_missing`. The upload's own
+        key is deleted in every case."""
+        target = self.key_of(sha256)
+        try:
+            found = await self._head_size(key)
+            if found is None:
+                raise Conflict(f"nothing was uploaded for {sha256}", code="upload_missing")
+            if found != size:
+                raise InvalidInput(
+                    f"the upload is {found} bytes, not the {size} announced: deleted", code="upload_mismatch"
+                )
+            if await self._head_size(target) is not None:
+                created = False  # stored meanwhile by another upload: the API's copy is the one kept
+            else:
+                with _unavailable_on_failure():
+                    await obstore.copy_async(self.store, key, target)
+                created = True
+        finally:
+            with _unavailable_on_failure():
+                await obstore.delete_async(self.store, key)
+        if not created and copy_to is None:
+            return StoredBlob(
+                sha256, size, created=False, store=self
+            )  # the stored blob was checked when stored
+        try:
+            await read_through(await self.open(sha256), copy_to)
+        except BlobCorrupt:
+            if created:
+                await self.delete(sha256)
+            raise InvalidInput(
+                f"the upload does not hash to {sha256}: deleted", code="upload_corrupt"
+            ) from None
+        return StoredBlob(sha256, size, created=created, store=self)
+
     def temp_file(self) -> AbstractContextManager[Path]:
         return scratch_file(self.temp_dir)
 
@@ -200,6 +258,20 @@ class S3BlobStore(BlobStore):
                 max_concurrency=PARTS_IN_FLIGHT,
             )
         return StoredBlob(sha256, size, created=True, store=self)
+
+
+async def read_through(chunks: AsyncIterator[bytes], copy_to: Path | None) -> None:
+    """Read a verified stream to its end (its hash is checked there), into `copy_to` if given."""
+    if copy_to is None:
+        async for _ in chunks:
+            pass
+        return
+    handle = await anyio.to_thread.run_sync(copy_to.open, "wb")
+    try:
+        async for chunk in chunks:
+            await anyio.to_thread.run_sync(handle.write, chunk)
+    finally:
+        handle.close()
 
 
 async def _chunks(result: "GetResult") -> AsyncGenerator[bytes, None]:

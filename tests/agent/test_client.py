@@ -48,7 +48,7 @@ class Flaky(httpx.AsyncBaseTransport):
         return httpx.Response(int(failure), headers={"Retry-After": "0"}, json={"code": "busy"})
 
 
-def agent_settings(token: str, tmp_path: Path) -> AgentSettings:
+def agent_settings(token: str, tmp_path: Path, *, direct_blobs: bool = True) -> AgentSettings:
     return AgentSettings(
         api_url="http://trainyard.test",
         agent_token=token,  # type: ignore[arg-type]
@@ -58,6 +58,7 @@ def agent_settings(token: str, tmp_path: Path) -> AgentSettings:
         allow_insecure_http=True,  # the in-process app, or loopback: no network
         retry_initial=0.001,
         retry_max=0.002,
+        direct_blobs=direct_blobs,
     )
 
 
@@ -183,7 +184,9 @@ async def test_an_upload_is_sent_whole_again_on_retry(
 ) -> None:
     run_id = uuid.UUID((await start_run(client, world))["id"])
     transport = flaky(app, [])
-    async with ApiClient(agent_settings(world.agent_token, tmp_path), transport=transport) as api:
+    # An agent that sends its outputs through the API (else, content already stored goes by reference).
+    settings = agent_settings(world.agent_token, tmp_path, direct_blobs=False)
+    async with ApiClient(settings, transport=transport) as api:
         await api.ack((await api.poll(wait=0))[0].id)
         await api.report(run_id, LaunchedEvent(type="launched"))
         trained = tmp_path / "trained.zip"

@@ -296,6 +296,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "agent_runs_events_report": {"type": "stage", "stage": "matrix"},
     "agent_runs_telemetry_push": {"seq": 1},
     "agent_runs_outputs_snapshot_upload": {"files": []},
+    "agent_runs_outputs_upload_ticket": {"sha256": "0" * 64, "size": 1},
     "agent_services_events_report": {"type": "starting"},
 }
 
