@@ -299,3 +299,23 @@ async def test_a_template_names_an_allowed_partition_and_no_other(slurm_cluster:
         assert (done["status"], done["reason_code"]) == ("failed", "machine_refused"), done
         assert "slurm_partition 'gpu-big' is not allowed on this machine" in done["detail"], done
         assert jobs_of(slurm_cluster, runs[2]["id"]) == []
+
+
+async def test_a_job_that_ended_while_the_agent_was_away_is_reported_with_its_outcome(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    async with stack() as s:
+        marks = s.marks("away")
+        process = await s.deploy(WAITS_FOR_GO, marks=marks)
+        first = start_slurm_agent(s, slurm_cluster)
+        run = await s.start(process)
+        job = await wait_for_file(marks / "job", s)
+        first.kill()
+        (marks / "go").write_text("")  # the job trains and saves while no agent watches it
+        await wait_no_job(slurm_cluster, job)
+        assert job_state(slurm_cluster, job) == "COMPLETED"
+        start_slurm_agent(s, slurm_cluster)
+        done = await s.wait_succeeded(run["id"])
+        assert done["exit_code"] == 0, done
+        download = await s.admin.get(f"/projects/{PROJECT}/packages/p1/versions/1.1/download")
+        assert download.status_code == 200
