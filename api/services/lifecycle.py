@@ -20,6 +20,7 @@ from api.core.notify import Notifier, changed_after_commit
 from api.models import AgentCommand, Machine, Package, PackageVersion, Project, Service, ServiceAuditEvent
 from api.models.base import utcnow
 from api.runs.lifecycle import UNTAKEN_COMMAND_STATES, Actor, agent_actor
+from api.webhooks import outbox
 from shared.enums import CommandKind, CommandState, ReasonCode, ServiceStatus
 from shared.protocol import StartServicePayload, StopServicePayload
 from shared.versions import Version
@@ -61,6 +62,29 @@ def record_event(
             detail=detail[:2000],
         )
     )
+
+
+async def status_changed(
+    session: AsyncSession,
+    service: Service,
+    actor: Actor,
+    from_status: str | None,
+    to_status: str,
+    reason: str | None = None,
+    detail: str = "",
+) -> None:
+    """A move: a row of the audit trail, and the project's `service.status_changed` webhooks."""
+    record_event(
+        session,
+        service,
+        actor,
+        "service_status",
+        from_status=from_status,
+        to_status=to_status,
+        reason_code=reason,
+        detail=detail,
+    )
+    await outbox.service_status_changed(session, service, from_status, to_status, reason)
 
 
 async def reread(session: AsyncSession, service: Service) -> Service:
@@ -116,15 +140,8 @@ async def move(
 
     if await change(session, service, decide) is None:
         return False
-    record_event(
-        session,
-        service,
-        actor,
-        "service_status",
-        from_status=was[0].value,
-        to_status=to.value,
-        reason_code=None if reason is None else reason.value,
-        detail=detail,
+    await status_changed(
+        session, service, actor, was[0].value, to.value, None if reason is None else reason.value, detail
     )
     if to in (S.STOPPED, S.FAILED):
         await _ended(session, service)

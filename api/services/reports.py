@@ -64,9 +64,7 @@ async def report_event(
             session, service, actor, "instance_serving", instance=event.instance, detail=address
         )
         if changed and was[0] != S.SERVING:
-            lifecycle.record_event(
-                session, service, actor, "service_status", from_status=was[0], to_status=S.SERVING.value
-            )
+            await lifecycle.status_changed(session, service, actor, was[0], S.SERVING.value)
     elif kind is ServiceEventType.EXITED:
         await _exited(session, service, event, key, actor)
     elif kind is ServiceEventType.STOPPED:
@@ -128,12 +126,5 @@ async def _exited(
 
     values = await lifecycle.change(session, service, restarting)
     if values is not None and values.get("status", was[0]) != was[0]:
-        lifecycle.record_event(
-            session,
-            service,
-            actor,
-            "service_status",
-            from_status=was[0],
-            to_status=values["status"],
-            detail=f"instance {event.instance} exited and is restarting",
-        )
+        detail = f"instance {event.instance} exited and is restarting"
+        await lifecycle.status_changed(session, service, actor, was[0], values["status"], detail=detail)

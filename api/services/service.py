@@ -21,6 +21,7 @@ from api.services import lifecycle
 from api.services.lifecycle import LIVE, S
 from api.services.proxy import PredictClient, Prediction
 from api.services.schemas import ServiceCreate, ServiceEndpointRead, ServiceEventRead, ServiceRead
+from api.webhooks import outbox
 from shared.versions import Version
 
 
@@ -91,6 +92,7 @@ async def create_service(
         ),
         "service",
     )
+    await outbox.service_status_changed(session, service, None, S.CREATED.value, None)
     lifecycle.record_event(
         session,
         service,
@@ -100,6 +102,19 @@ async def create_service(
         detail=f"package {package.name} {data.version}, machine {machine.name}, {data.instances} instances",
     )
     return service
+
+
+async def servable_versions(session: AsyncSession, project: Project, limit: int) -> list[tuple[str, str]]:
+    """(package, version) of the project's versions that have `main.py` with `predict`: what a service
+    may publish; by package name, newest version first (the console's picker)."""
+    rows = await session.execute(
+        select(Package.name, PackageVersion.major, PackageVersion.minor)
+        .join(Package, Package.id == PackageVersion.package_id)
+        .where(Package.project_id == project.id, PackageVersion.has_predict)
+        .order_by(Package.name, PackageVersion.major.desc(), PackageVersion.minor.desc())
+        .limit(limit)
+    )
+    return [(name, str(Version(major, minor))) for name, major, minor in rows]
 
 
 def service_read(loaded: LoadedService) -> ServiceRead:

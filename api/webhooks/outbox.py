@@ -1,9 +1,10 @@
 """The outbox: a delivery row for each subscription an event concerns, added to the transaction of
 the change itself, so that a change and the news of it commit together or not at all.
 
-Called by the domains where their changes happen: a run's transition (api/runs/lifecycle.py) and a
-new package version (api/packages/service.py). The dispatcher (`dispatch.py`) sends what commits; it
-is woken after the commit through the notifier, in every API process on PostgreSQL.
+Called by the domains where their changes happen: a run's transition (api/runs/lifecycle.py), a
+new package version (api/packages/service.py) and a service's move (api/services/lifecycle.py). The
+dispatcher (`dispatch.py`) sends what commits; it is woken after the commit through the notifier, in
+every API process on PostgreSQL.
 """
 
 import uuid
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.core.notify import changed_after_commit
-from api.models import Package, PackageVersion, Project, Run, Webhook, WebhookDelivery
+from api.models import Package, PackageVersion, Project, Run, Service, Webhook, WebhookDelivery
 from api.models.base import new_id, utcnow
 from shared.enums import RunStatus
 
@@ -31,6 +32,7 @@ class WebhookEvent(StrEnum):
     RUN_FAILED = "run.failed"
     RUN_STOPPED = "run.stopped"
     PACKAGE_VERSION_CREATED = "package_version.created"
+    SERVICE_STATUS_CHANGED = "service.status_changed"
 
 
 _ENDED = {
@@ -103,3 +105,19 @@ async def package_version_created(session: AsyncSession, version: PackageVersion
         "run_id": None if version.run_id is None else str(version.run_id),
     }
     await _enqueue(session, package.project_id, [WebhookEvent.PACKAGE_VERSION_CREATED], data)
+
+
+async def service_status_changed(
+    session: AsyncSession, service: Service, from_status: str | None, to_status: str, reason: str | None
+) -> None:
+    """`service.status_changed`: every move of a prediction service (docs/serving.md)."""
+    project = await session.get_one(Project, service.project_id)
+    data = {
+        "project": project.name,
+        "service": service.name,
+        "service_id": str(service.id),
+        "from_status": from_status,
+        "status": to_status,
+        "reason_code": reason,
+    }
+    await _enqueue(session, service.project_id, [WebhookEvent.SERVICE_STATUS_CHANGED], data)

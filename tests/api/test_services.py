@@ -2,22 +2,39 @@
 the test acting as the agent; predictions forwarded to a real HTTP server on loopback that stands for
 the serving process (tests/api/serving_stand_in.py)."""
 
+import asyncio
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from prometheus_client import REGISTRY
+from standardwebhooks import Webhook as Verifier
 
+from api.core.config import Settings
 from tests.api.access_kit import member_token
 from tests.api.conftest import DatabaseDump
 from tests.api.packages_kit import upload_package, valid_package, zip_bytes
+from tests.api.receiver import Receiver, receiving
 from tests.api.serving_stand_in import serving
 from tests.api.world import BASE_PACKAGE, BASE_PACKAGE_ZIP, World, agent_client, make_world, ok, problem
 
 HELLO = {"agent_version": "0.1.0"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # The webhook test's receiver is on loopback, which the API refuses unless told (docs/clients.md).
+    return settings.model_copy(update={"webhooks_allow_private": True})
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as running:
+        yield running
 
 
 def path(world: World, name: str = "svc") -> str:
@@ -438,3 +455,31 @@ async def test_what_a_service_publishes_stays_until_it_is_deleted(client: AsyncC
     assert (await client.delete(path(world))).status_code == 204
     assert (await client.delete(version)).status_code == 204
     assert (await client.delete(f"/machines/{host}")).status_code == 204
+
+
+async def test_a_services_moves_are_delivered_as_webhooks(
+    client: AsyncClient, app: FastAPI, receiver: Receiver
+) -> None:
+    world = await make_world(client)
+    body = {"url": receiver.url, "events": ["service.status_changed"]}
+    hook = ok(await client.post(f"/projects/{world.project}/webhooks", json=body), 201)
+    created = await publish(client, world)
+    async with agent_client(app, world.agent_token) as agent:
+        await started(client, agent, world)
+        await event(agent, created["id"], "serving", address="http://127.0.0.1:9")
+        ok(await client.post(f"{path(world)}/stop"), 202)
+        await event(agent, created["id"], "stopped")
+    deliveries = await asyncio.to_thread(receiver.wait_for, 5)
+    payloads = [Verifier(hook["secret"]).verify(d.body, d.headers) for d in deliveries]
+    assert {p["type"] for p in payloads} == {"service.status_changed"}
+    moves = sorted((p["data"]["from_status"] or "", p["data"]["status"]) for p in payloads)
+    assert moves == sorted(
+        [
+            ("", "created"),
+            ("created", "starting"),
+            ("starting", "serving"),
+            ("serving", "stopping"),
+            ("stopping", "stopped"),
+        ]
+    )
+    assert all(p["data"]["service_id"] == created["id"] and p["data"]["service"] == "svc" for p in payloads)
