@@ -104,19 +104,6 @@ async def create_service(
     return service
 
 
-async def servable_versions(session: AsyncSession, project: Project, limit: int) -> list[tuple[str, str]]:
-    """(package, version) of the project's versions that have `main.py` with `predict`: what a service
-    may publish; by package name, newest version first (the console's picker)."""
-    rows = await session.execute(
-        select(Package.name, PackageVersion.major, PackageVersion.minor)
-        .join(Package, Package.id == PackageVersion.package_id)
-        .where(Package.project_id == project.id, PackageVersion.has_predict)
-        .order_by(Package.name, PackageVersion.major.desc(), PackageVersion.minor.desc())
-        .limit(limit)
-    )
-    return [(name, str(Version(major, minor))) for name, major, minor in rows]
-
-
 def service_read(loaded: LoadedService) -> ServiceRead:
     service = loaded.service
     return ServiceRead(
