@@ -1,9 +1,10 @@
 """A real Slurm for the tests: Debian's `slurm-wlm` and `munge`, one node (this machine), started here.
 
-One cluster per test session, in a temporary folder: a MUNGE key and `munged` on a socket of its own,
-a `slurm.conf` naming this host with its CPUs and memory, `slurmctld` and `slurmd` in the foreground
-on free ports, all stopped (every job cancelled first) at the end. Nothing is written outside the
-folder, so it runs beside a machine's own Slurm, and beside another test session's cluster.
+One cluster per test session, in a temporary folder every user can reach: a MUNGE key and `munged`
+on a socket of its own, a `slurm.conf` naming this host with its CPUs and memory, `slurmctld` and
+`slurmd` in the foreground on free ports, all stopped (every job cancelled first) at the end.
+Nothing is written outside the folder, so it runs beside a machine's own Slurm, and beside another
+test session's cluster.
 
 How it runs in a container (found by trying, Slurm 22.05): as root (`SlurmUser=root`: slurmd must be
 root to start jobs as their user); `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none`
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -169,7 +171,7 @@ def _node_idle(cluster: SlurmCluster) -> bool:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def slurm_cluster() -> Iterator[SlurmCluster]:
     missing = [program for program in PROGRAMS if _which(program) is None]
     if missing:
         pytest.skip(
@@ -178,8 +180,10 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         )
     if os.geteuid() != 0:
         pytest.skip("the one-node Slurm cluster needs root (slurmd starts jobs as their user)")
-    folder = tmp_path_factory.mktemp("slurm")
-    os.chmod(folder, 0o711)  # MUNGE wants its socket's folder reachable by every client user
+    # Not under pytest's folder (root's own): every user that submits a job (TRAINYARD_RUN_AS) must
+    # reach slurm.conf and MUNGE's socket.
+    folder = Path(tempfile.mkdtemp(prefix="trainyard-slurm-"))
+    os.chmod(folder, 0o755)
     for part in ("state", "spool"):
         (folder / part).mkdir()
     key = folder / "munge.key"
@@ -212,6 +216,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield cluster
     finally:
         _stop(cluster)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop(cluster: SlurmCluster) -> None:

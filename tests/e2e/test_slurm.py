@@ -8,9 +8,15 @@ here depends on how fast this machine or the cluster's scheduler is.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pwd
 import signal
+import subprocess
 import time
 from typing import Any
+
+import pytest
 
 from tests.api.world import ok
 from tests.e2e.harness import (
@@ -21,10 +27,11 @@ from tests.e2e.harness import (
     alive,
     package,
     stack,
+    user_exists,
     wait_for_file,
     wait_gone,
 )
-from tests.e2e.test_agent_machine import GLOO_TWO_PROCESSES
+from tests.e2e.test_agent_machine import GLOO_TWO_PROCESSES, _system_python
 from tests.examples.conftest import EXAMPLES, PACKAGES, load_module
 from tests.slurm import OTHER_PARTITION, PARTITION, SlurmCluster, slurm_cluster
 
@@ -69,7 +76,9 @@ NEVER_ENDS = package(
 )
 
 
-def start_slurm_agent(s: Stack, cluster: SlurmCluster, **extra: str) -> AgentProcess:
+def start_slurm_agent(
+    s: Stack, cluster: SlurmCluster, drop: tuple[str, ...] = (), **extra: str
+) -> AgentProcess:
     """A `trainyard-agent run` whose runs are jobs of `cluster`."""
     settings = {
         "TRAINYARD_AGENT_EXECUTOR": "slurm",
@@ -77,7 +86,7 @@ def start_slurm_agent(s: Stack, cluster: SlurmCluster, **extra: str) -> AgentPro
         "TRAINYARD_SLURM_POLL_INTERVAL": "0.3",
         **extra,
     }
-    return s.start_agent((), **settings)
+    return s.start_agent(drop, **settings)
 
 
 def jobs_of(cluster: SlurmCluster, run_id: str, field: str = "%i") -> list[str]:
@@ -319,3 +328,45 @@ async def test_a_job_that_ended_while_the_agent_was_away_is_reported_with_its_ou
         assert done["exit_code"] == 0, done
         download = await s.admin.get(f"/projects/{PROJECT}/packages/p1/versions/1.1/download")
         assert download.status_code == 200
+
+
+# What the job is: its user, and whether anything of the agent's reached its environment.
+TELLS_WHO = package(
+    """
+    import json, os
+    from e2e_helpers import mark
+
+
+    class Main:
+        def train(self, data_directory):
+            leaked = sorted(name for name in os.environ if name.startswith("TRAINYARD_AGENT"))
+            mark("who", json.dumps({"uid": os.getuid(), "leaked": leaked}))
+
+        def save(self):
+            pass
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making the package's user needs root")
+async def test_the_job_runs_as_the_run_user_without_the_agents_variables(slurm_cluster: SlurmCluster) -> None:
+    if not user_exists("trainyard-run"):
+        command = ["useradd", "--system", "--no-create-home", "trainyard-run"]
+        await asyncio.to_thread(subprocess.run, command, check=True)
+    async with stack() as s:
+        marks = s.marks("who")
+        process = await s.deploy(TELLS_WHO, marks=marks)
+        token = s.token_file.read_text().strip()
+        start_slurm_agent(
+            s,
+            slurm_cluster,
+            drop=("TRAINYARD_AGENT_TOKEN_FILE",),
+            TRAINYARD_AGENT_TOKEN=token,  # in the agent's environment: the one place a job might find it
+            TRAINYARD_RUN_AS="trainyard-run",
+            TRAINYARD_RUN_PYTHON=_system_python(),
+        )
+        run = await s.start(process)
+        await s.wait_succeeded(run["id"])
+        who = json.loads(await wait_for_file(marks / "who", s))
+        assert who["uid"] == pwd.getpwnam("trainyard-run").pw_uid and who["leaked"] == [], who
+        assert jobs_of(slurm_cluster, run["id"], "%u") == ["trainyard-run"]
