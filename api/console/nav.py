@@ -31,6 +31,7 @@ PAGES = (
     NavPage("templates", in_project=True),
     NavPage("processes", in_project=True),
     NavPage("models", in_project=True),
+    NavPage("services", in_project=True),
     NavPage("packages", in_project=True),
     NavPage("datasets", in_project=True),
     NavPage("machines", in_project=False),

@@ -43,7 +43,10 @@ _LOADED = (
     .join(Package, Package.id == PackageVersion.package_id)
     .join(Machine, Machine.id == Service.machine_id)
 )
-_BY_NAME = _LOADED.where(Service.project_id == bindparam("project_id"), Service.name == bindparam("name"))
+# Read anew each time (a watcher's re-read must see what committed since: api/core/watch.py).
+_BY_NAME = _LOADED.where(
+    Service.project_id == bindparam("project_id"), Service.name == bindparam("name")
+).execution_options(populate_existing=True)
 
 
 def _loaded(
@@ -102,6 +105,19 @@ async def create_service(
         detail=f"package {package.name} {data.version}, machine {machine.name}, {data.instances} instances",
     )
     return service
+
+
+async def servable_versions(session: AsyncSession, project: Project, limit: int) -> list[tuple[str, str]]:
+    """(package, version) of the project's versions that have `main.py` with `predict`: what a service
+    may publish; by package name, newest version first (the console's picker)."""
+    rows = await session.execute(
+        select(Package.name, PackageVersion.major, PackageVersion.minor)
+        .join(Package, Package.id == PackageVersion.package_id)
+        .where(Package.project_id == project.id, PackageVersion.has_predict)
+        .order_by(Package.name, PackageVersion.major.desc(), PackageVersion.minor.desc())
+        .limit(limit)
+    )
+    return [(name, str(Version(major, minor))) for name, major, minor in rows]
 
 
 def service_read(loaded: LoadedService) -> ServiceRead:

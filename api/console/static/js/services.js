@@ -1,0 +1,148 @@
+// Services: the list's rows and a service's page follow the server without a reload. One long-poll
+// at a time (`state?wait=25` with the version the page holds as If-None-Match): the server answers
+// when a service moved, else 304 after 25 s. Cells are set with textContent only. The run time left
+// counts down here, from the server's figure, between answers.
+
+import { duration } from "./duration.js";
+
+const WAIT_SECONDS = 25;
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function setText(root, name, text) {
+  const cell = root.querySelector(`[data-field="${name}"]`);
+  if (cell) cell.textContent = text;
+  return cell;
+}
+
+function setLeft(root, seconds) {
+  const span = root.querySelector('[data-field="time_left"]');
+  if (!span) return;
+  span.dataset.seconds = seconds === null ? "" : String(seconds);
+  span.dataset.at = String(performance.now());
+  span.textContent = seconds === null ? "" : duration(seconds);
+}
+
+function countDown(root) {
+  const now = performance.now();
+  for (const span of root.querySelectorAll('[data-field="time_left"]')) {
+    if (span.dataset.seconds === "") continue;
+    const at = Number(span.dataset.at || now);
+    span.textContent = duration(Math.max(0, Number(span.dataset.seconds) - (now - at) / 1000));
+  }
+}
+
+function applyRow(root, row) {
+  const status = setText(root, "status", row.status_label);
+  status.className = `status status-${row.status}`;
+  setText(root, "reason", row.reason);
+  setText(root, "serving", row.serving);
+  setText(root, "started", row.started);
+  setText(root, "ended", row.ended);
+  setLeft(root, row.time_left_seconds);
+}
+
+function applyList(table, body) {
+  const rows = table.querySelectorAll("tbody tr");
+  if (rows.length !== body.rows.length) return false;
+  for (const [index, row] of body.rows.entries()) {
+    const tr = rows[index];
+    if (tr.dataset.name !== row.name) return false; // made or deleted elsewhere
+    applyRow(tr, row);
+  }
+  return true;
+}
+
+function cells(values) {
+  const tr = document.createElement("tr");
+  for (const value of values) {
+    const td = document.createElement("td");
+    td.textContent = value;
+    tr.append(td);
+  }
+  return tr;
+}
+
+function applyService(root, body) {
+  const row = body.service;
+  applyRow(root, row);
+  root.querySelector('[data-field="delete_requested"]').hidden = !row.delete_requested;
+  const tail = root.querySelector('[data-field="error_tail"]');
+  tail.textContent = row.error_tail;
+  tail.hidden = !row.error_tail;
+  for (const button of root.querySelectorAll("button[data-action]")) {
+    button.hidden = !row.actions.includes(button.dataset.action);
+  }
+  const addresses = root.querySelector('[data-field="addresses"]');
+  addresses.replaceChildren(
+    ...body.addresses.map((address) => {
+      const li = document.createElement("li");
+      const code = document.createElement("code");
+      code.textContent = `${address}/predict`;
+      li.append(code);
+      return li;
+    }),
+  );
+  addresses.hidden = body.addresses.length === 0;
+  const note = root.querySelector('[data-field="not_serving"]');
+  if (note) note.hidden = body.serving;
+  const fields = document.getElementById("test-fields");
+  if (fields) fields.disabled = !body.serving;
+  const history = document.getElementById("history");
+  history.replaceChildren(
+    ...body.history.map((e) => cells([e.at, e.who, e.what, e.instance, e.move, e.reason, e.detail])),
+  );
+  return true;
+}
+
+async function follow(root, apply) {
+  let version = root.dataset.version;
+  const url = new URL(root.dataset.state, window.location.href);
+  url.searchParams.set("wait", String(WAIT_SECONDS));
+  let failures = 0;
+  document.getElementById("live-note").hidden = false;
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { "If-None-Match": version, Accept: "application/json" },
+        cache: "no-store",
+        credentials: "same-origin",
+      });
+    } catch {
+      failures += 1; // the server restarts, the network drops: back off, then ask again
+      await sleep(Math.min(30000, 1000 * 2 ** Math.min(failures, 5)));
+      continue;
+    }
+    if (response.status === 304) {
+      failures = 0;
+      continue;
+    }
+    const type = response.headers.get("content-type") || "";
+    if (!response.ok || !type.includes("json")) {
+      // The session ended or the service was deleted: the page says why.
+      window.location.reload();
+      return;
+    }
+    failures = 0;
+    const body = await response.json();
+    version = response.headers.get("ETag") || version;
+    if (!apply(root, body)) {
+      window.location.reload();
+      return;
+    }
+  }
+}
+
+const list = document.getElementById("services");
+const page = document.getElementById("service");
+const root = list || page;
+if (root) {
+  for (const span of root.querySelectorAll('[data-field="time_left"]')) {
+    span.dataset.at = String(performance.now());
+  }
+  setInterval(() => countDown(root), 1000); // local only: no request
+  follow(root, list ? applyList : applyService);
+}
