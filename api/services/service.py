@@ -43,10 +43,7 @@ _LOADED = (
     .join(Package, Package.id == PackageVersion.package_id)
     .join(Machine, Machine.id == Service.machine_id)
 )
-# Read anew each time (a watcher's re-read must see what committed since: api/core/watch.py).
-_BY_NAME = _LOADED.where(
-    Service.project_id == bindparam("project_id"), Service.name == bindparam("name")
-).execution_options(populate_existing=True)
+_BY_NAME = _LOADED.where(Service.project_id == bindparam("project_id"), Service.name == bindparam("name"))
 
 
 def _loaded(
