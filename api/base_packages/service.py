@@ -52,6 +52,14 @@ async def catalogue_package(session: AsyncSession, name: str) -> Package | None:
     return found
 
 
+async def catalogue_names(session: AsyncSession) -> list[str]:
+    """The built-in base packages' names, sorted: every project may name them."""
+    names = await session.scalars(
+        select(Package.name).where(Package.project_id.is_(None)).order_by(Package.name)
+    )
+    return list(names)
+
+
 async def _ensure_model_types(session: AsyncSession) -> None:
     """The model types the base packages are for, created when missing; an administrator's own
     description of one is left as it is."""

@@ -3,7 +3,9 @@ parameters (its `parameters.json`) rendered as fields of their types.
 
 A client of `api/templates/service.py` with the permissions of its REST routes (`templates.view`,
 `.create`, `.edit`, `.delete`); the choices come from the packages', datasets' and model types'
-services, each shown only to a person who may list them (else a text field). The form is read into the
+services, each shown only to a person who may list them (else a text field); the built-in base
+packages are offered beside the project's own, with the catalogue's versions and parameters until a
+saved template gives the project its copy (docs/base-packages.md). The form is read into the
 API's own `TemplateCreate`/`TemplateUpdate`, and the service checks the parameters against the
 package's declaration (`api/templates/references.py`): a refusal shows the API's own message at its
 field. A changed package or version re-renders its parameters: `templates.js` reads
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse
 
+from api.base_packages import service as base_packages
 from api.console.common import InProject, ProjectChange, ProjectPage, field_errors, refuse, require
 from api.console.nav import project_url
 from api.console.pages import PageAnswer, redirect, render
@@ -222,7 +225,15 @@ def refusal_errors(error: TrainyardError) -> dict[str, str]:
 async def package_choice(session: SessionDep, where: InProject, package: str, version: str) -> dict[str, Any]:
     """The chosen package's versions (newest first), the version its parameters come from (the one
     chosen, else the latest: what the API pins), and its declared parameters (None: any go)."""
-    found = await packages.get_package(session, where.project, package)
+    try:
+        found = await packages.get_package(session, where.project, package)
+    except NotFound:
+        # a built-in base package the project has not named yet: the catalogue's versions, as the
+        # project's copy will hold them once the template is saved (docs/base-packages.md)
+        catalogued = await base_packages.catalogue_package(session, package)
+        if catalogued is None:
+            raise
+        found = catalogued
     page = await packages.list_versions(session, where.project, found, PageParams(limit=MAX_PAGE_SIZE))
     numbers = sorted((Version(item.major, item.minor) for item in page.items), reverse=True)
     chosen = await (
@@ -247,7 +258,9 @@ async def choices(session: SessionDep, where: InProject, values: dict[str, Any])
         ]
     if where.can(Permission.PACKAGES_VIEW):
         page = await packages.list_packages(session, where.project, everything)
-        found["packages"] = [item.name for item in page.items]
+        own = [item.name for item in page.items]
+        built_in = await base_packages.catalogue_names(session)
+        found["packages"] = own + [name for name in built_in if name not in own]
     if where.can(Permission.DATASETS_VIEW):
         page_of_datasets = await datasets.list_datasets(session, where.project, everything)
         found["datasets"] = [item.name for item in page_of_datasets.items]
