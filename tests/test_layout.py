@@ -146,6 +146,7 @@ COMMIT_OWNERS = {
     "api/core/sqlite.py": "the SQLite hot unit, committed on the database's own thread",
     "api/core/idempotency.py": "an idempotency claim released after an error, on its own terms",
     "api/access/bootstrap.py": "the start-up's built-in roles and first administrator",
+    "api/base_packages/service.py": "trainyard-api migrate's install of the built-in base packages",
     "api/runs/sweeper.py": "the sweeper's sessions, outside any request",
     "api/schedules/firing.py": "a schedule's firing, outside any request",
     "api/storage/collector.py": "each removal of the blob collector, outside any request",
