@@ -323,19 +323,20 @@ API_SETTINGS = {"bootstrap_token": ADMIN_TOKEN, "start_timeout": "60", "sweep_in
 
 
 @contextmanager
-def _api(root: Path) -> Iterator[Server]:
-    migrated = trainyard_api(root, "migrate", **API_SETTINGS)
+def _api(root: Path, **settings: str) -> Iterator[Server]:
+    migrated = trainyard_api(root, "migrate", **API_SETTINGS, **settings)
     assert migrated.returncode == 0, migrated.stderr
-    with serving(root, **API_SETTINGS) as server:
+    with serving(root, **API_SETTINGS, **settings) as server:
         yield server
 
 
 @asynccontextmanager
-async def stack() -> AsyncIterator[Stack]:
-    """The API, an admin client, a machine `local` (capacity 20) and its token file; no agent yet."""
+async def stack(**settings: str) -> AsyncIterator[Stack]:
+    """The API, an admin client, a machine `local` (capacity 20) and its token file; no agent yet.
+    `settings`: more of the API's (`blob_store="s3://..."` as TRAINYARD_BLOB_STORE)."""
     root = public_tempdir("trainyard-e2e-")
     try:
-        with _api(root) as server:
+        with _api(root, **settings) as server:
             async with httpx.AsyncClient(
                 base_url=f"{server.base_url}/api/v1",
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
