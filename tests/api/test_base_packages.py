@@ -3,6 +3,7 @@ is idempotent and adds a version only for new content; a template naming one get
 nobody uploads into it or deletes its versions; its model types are checked."""
 
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from sqlalchemy import func, select
 from api.base_packages.catalogue import BASE_PACKAGES, HERE, MODEL_TYPES, package_zip
 from api.base_packages.service import Installed, install_base_packages
 from api.models import ModelType, Package, PackageVersion
+from tests.api.access_kit import member_token
+from tests.api.conftest import DatabaseDump
 from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.world import ok, problem
 
@@ -217,3 +220,31 @@ async def test_a_new_catalogue_version_reaches_the_copy_at_the_next_template_wri
     assert latest["base_version"] == "2.0"
     versions = ok(await client.get(f"/projects/{project}/packages/{TABULAR}/versions"))
     assert sorted(item["version"] for item in versions["items"]) == ["1.0", "2.0"]
+
+
+async def test_a_trainer_names_a_base_package_and_a_viewer_sees_it_but_adopts_nothing(
+    app: FastAPI, client: AsyncClient, dump_database: Callable[[], Awaitable[DatabaseDump]]
+) -> None:
+    """Naming a base package needs templates.create only (no packages.upload: nothing is uploaded);
+    a viewer's refused template adopts nothing."""
+    await _install(app)
+    project = await _project(client)
+    trainer = await member_token(client, project, "tom", "trainer")
+    viewer = await member_token(client, project, "vera", "viewer")
+    headers = {"Authorization": f"Bearer {viewer}"}
+    before = await dump_database()
+    refused = await client.post(
+        f"/projects/{project}/templates",
+        json={"name": "v", "model_type": "image-classification", "base_package": IMAGE},
+        headers=headers,
+    )
+    problem(refused, 403, "permission_denied")
+    assert await dump_database() == before
+    made = await client.post(
+        f"/projects/{project}/templates",
+        json={"name": "t", "model_type": "image-classification", "base_package": IMAGE},
+        headers={"Authorization": f"Bearer {trainer}"},
+    )
+    assert ok(made, 201)["base_version"] == "1.0"
+    seen = ok(await client.get(f"/projects/{project}/packages/{IMAGE}/versions/1.0", headers=headers))
+    assert seen["origin"] == "builtin"
