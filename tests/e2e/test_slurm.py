@@ -370,3 +370,19 @@ async def test_the_job_runs_as_the_run_user_without_the_agents_variables(slurm_c
         who = json.loads(await wait_for_file(marks / "who", s))
         assert who["uid"] == pwd.getpwnam("trainyard-run").pw_uid and who["leaked"] == [], who
         assert jobs_of(slurm_cluster, run["id"], "%u") == ["trainyard-run"]
+
+
+async def test_a_job_slurm_times_out_fails_the_run_with_time_limit(slurm_cluster: SlurmCluster) -> None:
+    """An administrator shortens the running job's limit to a minute (the least Slurm counts): Slurm
+    ends it TIMEOUT, before the run's own maximum duration, and the run says so."""
+    async with stack() as s:
+        marks = s.marks("timeout")
+        process = await s.deploy(WAITS_FOR_GO, marks=marks)
+        start_slurm_agent(s, slurm_cluster)
+        run = await s.start(process)
+        job = await wait_for_file(marks / "job", s)
+        slurm_cluster.command("scontrol", "update", f"JobId={job}", "TimeLimit=1")
+        done = await s.wait_run(run["id"], "stopped", "failed", "succeeded")
+        assert (done["status"], done["reason_code"]) == ("failed", "time_limit"), done
+        words = f"Slurm ended job {job} TIMEOUT: it reached its Slurm time limit"
+        assert done["detail"].startswith(words), done
