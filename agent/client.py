@@ -1,11 +1,13 @@
 """The agent's typed client for `/api/v1/agent/...`, with retries.
 
 Every route follows one `RetryPolicy`: transport errors (connect errors, timeouts, remote
-disconnects), 429 and 5xx are retried with full-jitter exponential backoff, honouring `Retry-After`;
-any other 4xx raises `ApiRejected` at once. The client's policy (from the settings) retries until the
-API answers, as the agent's loops must survive an outage of the API; a call may pass a policy of its
-own that gives up (`policy.limited(retry_for=..., attempts=...)`). The token travels only in the
-`Authorization` header and is never logged.
+disconnects), 429 and 5xx are retried with full-jitter exponential backoff, honouring `Retry-After`,
+and so is a 409 `blob_gone` (the API's blob collector took stored content this upload relied on:
+sent again, it is stored anew; docs/storage.md); any other 4xx raises `ApiRejected` at once. The
+client's policy (from the settings) retries until the API answers, as the agent's loops must survive
+an outage of the API; a call may pass a policy of its own that gives up
+(`policy.limited(retry_for=..., attempts=...)`). The token travels only in the `Authorization` header
+and is never logged.
 """
 
 import hashlib
@@ -61,6 +63,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Worth another attempt: the request may not have reached the API, or its answer was lost.
 RETRIED_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _COMMANDS = TypeAdapter(list[Command])
+# The refusal of an upload whose stored content the API's collector removed meanwhile: send it again.
+BLOB_GONE = "blob_gone"
 
 AnyRunEvent = LaunchedEvent | StageEvent | ExitedEvent | FinishedEvent
 
@@ -165,7 +169,10 @@ async def _check(response: httpx.Response, policy: RetryPolicy) -> None:
     await response.aread()
     if policy.retries(response.status_code):
         raise _Retry(response.status_code, parse_retry_after(response.headers.get("retry-after")))
-    raise _rejected(response)
+    rejected = _rejected(response)
+    if rejected.code == BLOB_GONE:
+        raise _Retry(response.status_code, None)
+    raise rejected
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

@@ -28,7 +28,8 @@ SHA = hashlib.sha256(BASE_PACKAGE_ZIP).hexdigest()
 
 
 class Flaky(httpx.AsyncBaseTransport):
-    """Fails the first requests as listed ("connect", "timeout", or a status), then delegates."""
+    """Fails the first requests as listed ("connect", "timeout", or a status with an optional problem
+    code: "503", "409 blob_gone"), then delegates."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, failures: list[str]) -> None:
         self.inner, self.failures = inner, list(failures)
@@ -45,7 +46,8 @@ class Flaky(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("connection refused", request=request)
         if failure == "timeout":
             raise httpx.ReadTimeout("timed out", request=request)
-        return httpx.Response(int(failure), headers={"Retry-After": "0"}, json={"code": "busy"})
+        status, _, code = failure.partition(" ")
+        return httpx.Response(int(status), headers={"Retry-After": "0"}, json={"code": code or "busy"})
 
 
 def agent_settings(token: str, tmp_path: Path, *, direct_blobs: bool = True) -> AgentSettings:
@@ -196,6 +198,30 @@ async def test_an_upload_is_sent_whole_again_on_retry(
     assert uploaded.sha256 == SHA
     assert transport.bodies == [BASE_PACKAGE_ZIP, BASE_PACKAGE_ZIP]
     assert [r.method for r in transport.requests[-3:]] == ["PUT"] * 3
+
+
+async def test_an_upload_refused_as_gone_is_sent_again(
+    app: FastAPI, client: AsyncClient, world: World, tmp_path: Path
+) -> None:
+    """409 `blob_gone`: the API's collector removed the stored content this upload found (docs/storage.md).
+    The client sends the file again, as for a 503; another 409 is still a rejection at once."""
+    run_id = uuid.UUID((await start_run(client, world))["id"])
+    transport = flaky(app, [])
+    settings = agent_settings(world.agent_token, tmp_path, direct_blobs=False)
+    async with ApiClient(settings, transport=transport) as api:
+        await api.ack((await api.poll(wait=0))[0].id)
+        await api.report(run_id, LaunchedEvent(type="launched"))
+        trained = tmp_path / "trained.zip"
+        trained.write_bytes(BASE_PACKAGE_ZIP)
+        transport.failures = ["409 blob_gone"]
+        uploaded = await api.upload_package(run_id, trained)
+        assert uploaded.sha256 == SHA
+        assert transport.bodies == [BASE_PACKAGE_ZIP]
+        assert [r.method for r in transport.requests[-2:]] == ["PUT", "PUT"]
+        transport.failures = ["409 run_not_receiving"]
+        with pytest.raises(ApiRejected) as refused:
+            await api.upload_package(run_id, trained)
+    assert refused.value.code == "run_not_receiving"
 
 
 async def test_giving_up(app: FastAPI, world: World, tmp_path: Path) -> None:
