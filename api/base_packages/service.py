@@ -5,10 +5,10 @@ The catalogue is packages with no project (`builtin`), one major version per con
 only when the package's zip (a function of its files alone, `catalogue.package_zip`) has another
 sha256 than the latest. A project never trains into the catalogue: a template naming a base package
 gets the project's own copy, `builtin` too, holding the catalogue's versions (the same blobs, the same
-numbers, origin `builtin`), so runs, trained versions (1.1, 1.2, ...), lineage, models and permissions
-work as for an uploaded package, and what a project trains stays its own. The copy takes no upload and
-its catalogue versions are never deleted; a later template write brings it the catalogue's new
-versions.
+numbers, origin `builtin`), so runs, trained versions (1.1, 1.2, ...), lineage, models, permissions
+and deletes work as for an uploaded package, and what a project trains stays its own. The copy takes
+no upload; a later template write brings it the catalogue's new versions. Nothing reaches the
+catalogue itself: it belongs to no project, so no route finds it.
 """
 
 import uuid
@@ -125,23 +125,20 @@ async def install_base_packages(
 
 
 async def sync_copy(session: AsyncSession, copy: Package) -> None:
-    """Bring a project's copy the catalogue versions it lacks (and the catalogue's description). Two
-    writers at once insert each row once (ON CONFLICT DO NOTHING)."""
+    """Bring a project's copy the catalogue's versions newer than any it was given (and the
+    catalogue's description). A version the project deleted from its copy stays deleted (its number is
+    not given again); two writers at once insert each row once (ON CONFLICT DO NOTHING)."""
     source = await catalogue_package(session, copy.name)
     if source is None:
         return  # no longer shipped: the copy keeps what it has
     copy.description, copy.model_types = source.description, list(source.model_types)
-    mirrored = select(PackageVersion.major).where(
-        PackageVersion.package_id == copy.id, PackageVersion.origin == ORIGIN
-    )
-    held = set(await session.scalars(mirrored))
     versions = await session.scalars(
-        select(PackageVersion).where(PackageVersion.package_id == source.id).order_by(PackageVersion.major)
+        select(PackageVersion)
+        .where(PackageVersion.package_id == source.id, PackageVersion.major > copy.highest_major)
+        .order_by(PackageVersion.major)
     )
     insert = dialect_insert(session)
     for version in versions:
-        if version.major in held:
-            continue
         await session.execute(
             insert(PackageLine).values(package_id=copy.id, major=version.major).on_conflict_do_nothing()
         )
@@ -166,7 +163,10 @@ async def sync_copy(session: AsyncSession, copy: Package) -> None:
 async def adopt(session: AsyncSession, project: Project, name: str) -> Package:
     """The project's copy of the base package `name`, made now with the catalogue's versions; 404
     `package_not_found` as for any package when the catalogue has none of that name."""
-    source = await catalogue_package(session, check_name(name))
+    try:
+        source = await catalogue_package(session, check_name(name))
+    except InvalidInput:  # no package has a name that is not one: a 404, as before there was a catalogue
+        source = None
     if source is None:
         raise NotFound(f"no package named {name!r}", code="package_not_found")
     copy = await get_or_create_named(
@@ -194,16 +194,6 @@ async def refuse_builtin_upload(session: AsyncSession, project: Project, name: s
             f"{name!r} is a built-in base package: upload your package under another name",
             code="package_builtin",
             field="package",
-        )
-
-
-def refuse_builtin_delete(package: Package, version: PackageVersion) -> None:
-    """409 `package_version_builtin` for a base package's own version in a project's copy: the copy
-    would only get it again at the next template write. What the project trained from it may go."""
-    if package.builtin and version.origin == ORIGIN:
-        raise Conflict(
-            f"{package.name} {Version(version.major, version.minor)} is a built-in base package's version",
-            code="package_version_builtin",
         )
 
 

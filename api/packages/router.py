@@ -149,9 +149,7 @@ async def delete_version(
     target: Annotated[PackageVersionTarget, package_version_for(Permission.PACKAGES_DELETE)],
     session: SessionDep,
 ) -> Response:
-    """Refused while a template or an active run uses it, or versions were trained from it, and for a
-    built-in base package's own versions."""
-    base_packages.refuse_builtin_delete(target.package, target.version)
+    """Refused while a template or an active run uses it, or versions were trained from it."""
     await service.delete_version(session, target.project, target.package, target.version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.base_packages.catalogue import BASE_PACKAGES, HERE, MODEL_TYPES, package_zip
 from api.base_packages.service import Installed, install_base_packages
@@ -162,39 +162,34 @@ async def test_a_template_names_a_base_package_and_the_project_gets_its_copy(
     )
 
 
-async def test_nobody_uploads_into_a_base_package_or_deletes_its_versions(
+async def test_nobody_uploads_into_a_base_package_and_a_project_deletes_only_its_copy(
     app: FastAPI, client: AsyncClient
 ) -> None:
     await _install(app)
     project = await _project(client)
     files = {"file": ("p.zip", zip_bytes(valid_package()), "application/zip")}
     # before any template named it (the catalogue's name) and after (the project's copy)
-    problem(
-        await client.post(f"/projects/{project}/packages/{TABULAR}/versions", files=files),
-        409,
-        "package_builtin",
-    )
-    ok(
-        await _template(client, project, "tab", model_type="tabular-classification", base_package=TABULAR),
-        201,
-    )
-    problem(
-        await client.post(f"/projects/{project}/packages/{TABULAR}/versions", files=files),
-        409,
-        "package_builtin",
-    )
+    upload = f"/projects/{project}/packages/{TABULAR}/versions"
+    problem(await client.post(upload, files=files), 409, "package_builtin")
+    tab = {"model_type": "tabular-classification", "base_package": TABULAR}
+    ok(await _template(client, project, "tab", **tab), 201)
+    problem(await client.post(upload, files=files), 409, "package_builtin")
+    # the copy is the project's: deleted under the usual rules
+    problem(await client.delete(f"{upload}/1.0"), 409, "package_version_in_use")
     assert (await client.delete(f"/projects/{project}/templates/tab")).status_code == 204
-    problem(
-        await client.delete(f"/projects/{project}/packages/{TABULAR}/versions/1.0"),
-        409,
-        "package_version_builtin",
-    )
-    problem(await client.delete(f"/projects/{project}/packages/{TABULAR}"), 409, "package_not_empty")
+    assert (await client.delete(f"{upload}/1.0")).status_code == 204
+    assert ok(await client.get(f"/projects/{project}/packages/{TABULAR}"))["version_count"] == 0
+    # a template write does not bring a deleted version back (its number is not given again) ...
+    problem(await _template(client, project, "again", **tab), 422, "package_empty")
+    assert (await client.delete(f"/projects/{project}/packages/{TABULAR}")).status_code == 204
+    # ... and with the copy gone, the next template makes a new one; the project can go once empty
+    ok(await _template(client, project, "fresh", **tab), 201)
+    assert (await client.delete(f"/projects/{project}/templates/fresh")).status_code == 204
+    assert (await client.delete(f"{upload}/1.0")).status_code == 204
+    assert (await client.delete(f"/projects/{project}/packages/{TABULAR}")).status_code == 204
+    assert (await client.delete(f"/projects/{project}")).status_code == 204
     # the catalogue is untouched
     assert [v[:3] for v in (await _catalogue(app))[TABULAR]] == [(1, 0, "builtin")]
-    async with app.state.sessionmaker() as session:
-        count = await session.scalar(select(func.count()).select_from(Package).where(Package.name == TABULAR))
-    assert count == 2  # the catalogue's and the project's copy
 
 
 async def test_a_new_catalogue_version_reaches_the_copy_at_the_next_template_write(
