@@ -37,6 +37,8 @@ from torch.nn import functional
 from trainyard import report, should_stop
 
 MODEL_FILE = HERE / "model.pt"
+# The run's GPU when it was given one (the template's `gpus`: CUDA_VISIBLE_DEVICES), else the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HOLD_OUT_EVERY = 10  # without test images, every tenth training image is held out for the curve
 EVAL_BATCH = 256
 
@@ -61,7 +63,7 @@ class Main:
         if MODEL_FILE.exists():
             checkpoint = torch.load(MODEL_FILE, map_location="cpu", weights_only=True)
             self.classes = list(checkpoint["classes"])
-            self.model = build_model(checkpoint)
+            self.model = build_model(checkpoint).to(DEVICE)
             self.size, self.gray = int(checkpoint["image_size"]), int(checkpoint["channels"]) == 1
             self.epochs_trained = int(checkpoint.get("epochs_trained", 0))
 
@@ -98,7 +100,7 @@ class Main:
             self.model = ImageNet(images.shape[1], len(classes))
         else:
             print(f"continuing from model.pt ({self.epochs_trained} epochs trained before)")
-        model = self.model
+        model = self.model.to(DEVICE)
         index = {label: i for i, label in enumerate(classes)}
         targets = torch.tensor([index[label] for label in labels])
         optimizer = torch.optim.Adam(model.parameters(), lr=parameters["learning_rate"])
@@ -113,8 +115,8 @@ class Main:
             total = 0.0
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                inputs = augment(images[batch], names, generator)
-                loss = functional.cross_entropy(model(inputs), targets[batch])
+                inputs = augment(images[batch], names, generator).to(DEVICE)
+                loss = functional.cross_entropy(model(inputs), targets[batch].to(DEVICE))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -143,10 +145,11 @@ class Main:
         """(confidence, class index) of each image."""
         assert self.model is not None
         self.model.eval()
+        device = next(self.model.parameters()).device
         with torch.no_grad():
             probabilities = torch.cat(
                 [
-                    functional.softmax(self.model(images[start : start + EVAL_BATCH]), dim=1)
+                    functional.softmax(self.model(images[start : start + EVAL_BATCH].to(device)), dim=1).cpu()
                     for start in range(0, len(images), EVAL_BATCH)
                 ]
             )
@@ -178,7 +181,7 @@ class Main:
             raise RuntimeError("nothing to save: the model was never trained")
         torch.save(
             {
-                "state_dict": self.model.state_dict(),
+                "state_dict": {name: value.cpu() for name, value in self.model.state_dict().items()},
                 "classes": self.classes,
                 "image_size": self.size,
                 "channels": 1 if self.gray else 3,
