@@ -6,6 +6,16 @@
 import { duration } from "./duration.js";
 
 const WAIT_SECONDS = 25;
+// Set once a form is sent: its answer is the next page, which a reload here would cancel (a publish
+// wakes the list's long-poll before its redirect is followed).
+let leaving = false;
+document.addEventListener("submit", (event) => {
+  if (!event.defaultPrevented) leaving = true;
+});
+
+function reload() {
+  if (!leaving) window.location.reload();
+}
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -123,14 +133,14 @@ async function follow(root, apply) {
     const type = response.headers.get("content-type") || "";
     if (!response.ok || !type.includes("json")) {
       // The session ended or the service was deleted: the page says why.
-      window.location.reload();
+      reload();
       return;
     }
     failures = 0;
     const body = await response.json();
     version = response.headers.get("ETag") || version;
     if (!apply(root, body)) {
-      window.location.reload();
+      reload();
       return;
     }
   }
