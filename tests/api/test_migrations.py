@@ -193,9 +193,12 @@ async def test_migrate_then_the_app_starts_and_is_ready(
     monkeypatch.setenv("TRAINYARD_DATABASE_URL", empty_database)
     monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TRAINYARD_SECRET_KEY", SECRET_KEY)
+    # the base packages' own command refuses a database that is not at its schema
+    assert await asyncio.to_thread(cli_main, ["base-packages", "install"]) == 2
     assert await asyncio.to_thread(cli_main, ["migrate"]) == 0
     assert _current(engine) == head_revisions()
     assert await asyncio.to_thread(cli_main, ["migrate"]) == 0  # idempotent
+    assert await asyncio.to_thread(cli_main, ["base-packages", "install"]) == 0
     with engine.connect() as connection:
         catalogue = connection.execute(
             text("SELECT name, highest_major FROM packages WHERE project_id IS NULL ORDER BY name")
