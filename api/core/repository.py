@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -61,45 +61,31 @@ async def record_blobs(session: AsyncSession, blobs: Iterable[StoredBlob]) -> No
     """Make sure a `blobs` row exists for each blob already in the store: rows that point at blobs come
     after the blob's file is in place, never before.
 
-    A row that exists gets `created_at = now`: a reuse starts the collector's grace period again
-    (api/storage/collector.py), and on PostgreSQL the updated row stays locked until this transaction
-    ends, so a collector that meant to delete it waits, then finds it young. A row this call inserts is
-    checked against the store once it is in (and holds the collector off): the collector may have
-    removed that content since the caller's put, which found it stored and sent nothing, or stored it
-    longer ago than the grace period. Such a blob is refused, 409 `blob_gone` (send it again), never
-    recorded over nothing. A blob with no `store` (known from a row or a document) is not checked.
-    Rows are taken in hash order, so two recorders of the same blobs never wait on each other in a
-    cycle."""
+    One upsert per batch: a row that exists gets `created_at = now` (a reuse starts the collector's
+    grace period again, api/storage/collector.py), a missing one is inserted. Either way the row is
+    then this transaction's until it ends (locked on PostgreSQL; SQLite has one writer), so the
+    collector cannot take the content any more, and the store is asked whether it is still there: the
+    collector may have removed it since the caller's put (which found it stored and sent nothing, or
+    stored it longer ago than the grace period). Such a blob is refused, 409 `blob_gone` (send it
+    again: the put then stores it anew), never recorded over nothing. A blob with no `store` (known from
+    a row or a document, not from a put) is not asked about. Rows are taken in hash order, so two
+    recorders of the same blobs never wait on each other in a cycle."""
     unique = {blob.sha256: blob for blob in blobs}
-    if not unique:
-        return
+    ordered = [unique[sha256] for sha256 in sorted(unique)]
     now = utcnow()
-    hashes = sorted(unique)
-    refreshed: set[str] = set()
-    for start in range(0, len(hashes), _BATCH):
-        result = await session.execute(
-            update(Blob)
-            .where(Blob.sha256.in_(hashes[start : start + _BATCH]))
-            .values(created_at=now)
-            .returning(Blob.sha256),
-            execution_options={"synchronize_session": False},
-        )
-        refreshed.update(result.scalars())
-    inserted = [unique[sha256] for sha256 in hashes if sha256 not in refreshed]
     insert = dialect_insert(session)
-    for start in range(0, len(inserted), _BATCH):
+    for start in range(0, len(ordered), _BATCH):
         rows = [
             {"sha256": blob.sha256, "size": blob.size, "created_at": now}
-            for blob in inserted[start : start + _BATCH]
+            for blob in ordered[start : start + _BATCH]
         ]
-        # Another recorder may insert the same row meanwhile: then it is refreshed here instead.
         await session.execute(
             insert(Blob)
             .values(rows)
             .on_conflict_do_update(index_elements=["sha256"], set_={"created_at": now})
         )
-    for start in range(0, len(inserted), _CHECKS_IN_FLIGHT):
-        group = inserted[start : start + _CHECKS_IN_FLIGHT]
+    for start in range(0, len(ordered), _CHECKS_IN_FLIGHT):
+        group = ordered[start : start + _CHECKS_IN_FLIGHT]
         present = await asyncio.gather(*(_still_stored(blob) for blob in group))
         gone = [blob.sha256 for blob, there in zip(group, present, strict=True) if not there]
         if gone:

@@ -217,6 +217,23 @@ async def test_content_the_collector_took_after_the_put_is_refused_not_recorded(
     assert slow.sha256 not in await consistent(app)
 
 
+async def test_a_row_left_over_nothing_is_repaired_by_the_next_upload(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    """A pass whose commit failed after it deleted the object leaves a row nothing refers to over
+    nothing: the next upload of that content finds no object, stores it anew, and records it."""
+    ok(await client.post("/projects", json={"name": PROJECT}), 201)
+    zipped = package("left over")
+    ok(await upload_package(client, PROJECT, "digits", zipped), 201)
+    assert (await client.delete(f"{versions_path(PROJECT, 'digits')}/1.0")).status_code == 204
+    await app.state.blobs.delete(sha(zipped))  # the object went, the row stayed
+
+    again = ok(await upload_package(client, PROJECT, "digits", zipped), 201)
+    download = await client.get(f"{versions_path(PROJECT, 'digits')}/{again['version']}/download")
+    assert download.status_code == 200 and download.content == zipped
+    assert sha(zipped) in await consistent(app)
+
+
 async def test_uploads_racing_the_collector_end_stored_or_refused(app: FastAPI, client: AsyncClient) -> None:
     """Uploads of content whose row nothing refers to, each at once with a pass that finds it old:
     every one ends stored (and readable) or refused with `blob_gone`, never recorded over nothing."""
