@@ -1,5 +1,6 @@
 """ML packages and their versions: upload, numbering, deletion rules and lineage."""
 
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,40 @@ async def get_version(session: AsyncSession, package: Package, version: str) -> 
     )
     if found is None:
         raise NotFound(f"package {package.name!r} has no version {version}", code="package_version_not_found")
+    return found
+
+
+# A start's base version, pinned by its template: the package and its version in one statement.
+_VERSION_BY_NAME = (
+    select(PackageVersion)
+    .join(Package, Package.id == PackageVersion.package_id)
+    .where(
+        Package.project_id == bindparam("project_id"),
+        Package.name == bindparam("name"),
+        PackageVersion.major == bindparam("major"),
+        PackageVersion.minor == bindparam("minor"),
+    )
+)
+
+
+async def find_version(
+    session: AsyncSession, project: Project, name: str, version: str
+) -> PackageVersion | None:
+    """The version `version` of the project's package `name`, in one statement; None when either is
+    missing or `version` is no version number (`get_package` and `get_version` then say which)."""
+    try:
+        number = Version.parse(version)
+    except ValueError:
+        return None
+    found: PackageVersion | None = await session.scalar(
+        _VERSION_BY_NAME,
+        {
+            "project_id": project.id,
+            "name": unicodedata.normalize("NFC", name),
+            "major": number.major,
+            "minor": number.minor,
+        },
+    )
     return found
 
 

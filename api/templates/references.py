@@ -47,6 +47,10 @@ async def resolve_package(
                 "base_version needs base_package", code="base_package_required", field="base_package"
             )
         return None
+    if at_start and version is not None:  # what every start does: its template pinned the version
+        found = await packages.find_version(session, project, package_name, version)
+        if found is not None:
+            return found
     try:
         package = await packages.get_package(session, project, package_name)
     except NotFound:
