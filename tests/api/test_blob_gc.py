@@ -217,6 +217,70 @@ async def test_content_the_collector_took_after_the_put_is_refused_not_recorded(
     assert slow.sha256 not in await consistent(app)
 
 
+class HeldDelete:
+    """The app's own store, for the collector, whose object deletes wait until `release` is set: the
+    moment a pass holds a row it deleted and has not yet removed the object."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self.deleting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def delete(self, sha256: str) -> None:
+        self.deleting.set()
+        await self.release.wait()
+        await self._store.delete(sha256)
+
+
+def _waiting_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+async def test_a_record_waits_for_the_pass_that_holds_the_row_then_is_refused(
+    app: FastAPI, client: AsyncClient, settings: Settings, is_postgres: bool
+) -> None:
+    """The design's order, held at its middle: the pass has deleted the row and not yet the object;
+    an upload's put finds the content and its record waits for the row (PostgreSQL's row lock, SQLite's
+    one connection), then finds the content gone: 409 `blob_gone`, and neither row nor object stays."""
+    ok(await client.post("/projects", json={"name": PROJECT}), 201)
+    zipped = package("held")
+    ok(await upload_package(client, PROJECT, "digits", zipped), 201)
+    assert (await client.delete(f"{versions_path(PROJECT, 'digits')}/1.0")).status_code == 204
+
+    held = HeldDelete(app.state.blobs)
+    collector = BlobCollector(app.state.sessionmaker, held, GRACE)  # type: ignore[arg-type]
+    collecting = asyncio.create_task(collector.collect(now=utcnow() + LATER))
+    async with asyncio.timeout(WAIT_SECONDS):
+        await held.deleting.wait()
+    found = await app.state.blobs.put(stream(zipped), max_bytes=len(zipped))
+    assert not found.created  # the object is still there: the upload sends nothing
+
+    async def record() -> None:
+        async with app.state.sessionmaker() as session:
+            await record_blobs(session, [found])
+            await session.commit()
+
+    recording = asyncio.create_task(record())
+    if is_postgres:  # see it wait on the row the pass holds, then let the pass go on
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not await asyncio.to_thread(_waiting_on_a_lock, settings.resolved_database_url):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    held.release.set()
+    assert removed(await collecting) == {(sha(zipped), "unreferenced")}
+    with pytest.raises(Conflict, match="send it again"):
+        await recording
+    assert sha(zipped) not in await consistent(app)
+    assert sha(zipped) not in await stored(app.state.blobs)
+
+
 async def test_a_row_left_over_nothing_is_repaired_by_the_next_upload(
     app: FastAPI, client: AsyncClient
 ) -> None:
