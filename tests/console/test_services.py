@@ -7,6 +7,7 @@ answers and agent output rendered as text."""
 import html
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
@@ -113,6 +114,13 @@ async def test_list_create_and_the_page(browser: AsyncClient, client: AsyncClien
         "svc"
     ]
 
+    # A name in another alphabet: its link is quoted, its page found, the name shown as given.
+    other = {**form, "name": "Сервис_1.v2", "csrf_token": token}
+    made = await browser.post(list_url(world), data=other)
+    assert made.status_code == 303 and made.headers["location"] == page_url(world, quote("Сервис_1.v2"))
+    page = await browser.get(made.headers["location"])
+    assert page.status_code == 200 and "<h1>Сервис_1.v2</h1>" in page.text
+
     missing = await browser.get(page_url(world, "nope"))
     assert missing.status_code == 404 and "no such service" in missing.text
     no_action = await browser.post(f"{page_url(world)}launch", data={"csrf_token": token})
@@ -128,6 +136,8 @@ async def test_buttons_follow_permissions_and_a_viewer_changes_nothing(
     assert listing.status_code == 200 and "Publish a version" not in listing.text
     page = await browser.get(page_url(world))
     assert page.status_code == 200 and buttons(page) == set() and 'data-action="' not in page.text
+    russian = await browser.get(page_url(world), headers={"Accept-Language": "ru"})
+    assert "Проверить сервис" in russian.text and "0 из 1" in russian.text and "Создан" in russian.text
     assert "You do not hold services.predict" in page.text and 'id="test-form"' not in page.text
     token = csrf_of(page)
     for action in ("start", "delete", "predict"):

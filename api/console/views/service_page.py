@@ -11,6 +11,7 @@ the buttons, the form's availability and the history live (the service's id wake
 
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -203,7 +204,7 @@ async def service_state(
     return JSONResponse(answer.model_dump(mode="json"), headers={"ETag": response.headers["ETag"]})
 
 
-def shown(prediction: Prediction, seconds: float, t: Any) -> Answer:
+def shown(prediction: Prediction, seconds: float, t: Callable[..., str]) -> Answer:
     """The answer as the page shows it: JSON indented, text as text, other bytes as type and size."""
     media_type = prediction.media_type.split(";")[0].strip().lower()
     latency = t("services.latency_ms", value=f"{seconds * 1000:.1f}")
