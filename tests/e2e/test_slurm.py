@@ -386,3 +386,28 @@ async def test_a_job_slurm_times_out_fails_the_run_with_time_limit(slurm_cluster
         assert (done["status"], done["reason_code"]) == ("failed", "time_limit"), done
         words = f"Slurm ended job {job} TIMEOUT: it reached its Slurm time limit"
         assert done["detail"].startswith(words), done
+
+
+async def test_a_job_queued_when_the_agent_died_is_re_adopted_and_trains(slurm_cluster: SlurmCluster) -> None:
+    async with stack() as s:
+        marks = s.marks("queued-adopt")
+        process = await s.deploy(WAITS_FOR_GO, marks=marks)
+        first = start_slurm_agent(s, slurm_cluster)
+        blocker = slurm_cluster.command(
+            "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 600"
+        ).stdout.strip()
+        try:
+            run = await s.start(process)
+            await wait_stage(s, run["id"], "queued: Resources", "queued: Priority")
+            first.kill()
+            second = start_slurm_agent(s, slurm_cluster)
+            await s.wait_polling()
+            queued = await s.run(run["id"])
+            assert queued["status"] == "starting", queued
+        finally:
+            slurm_cluster.command("scancel", blocker)
+        await wait_for_file(marks / "pid", s)
+        (marks / "go").write_text("")
+        done = await s.wait_succeeded(run["id"])
+        assert done["launched_at"] is not None and "re-adopting" in second.output()
+        assert len(jobs_of(slurm_cluster, run["id"])) == 1
