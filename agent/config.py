@@ -101,6 +101,13 @@ class AgentSettings(BaseSettings):
     agent_serve_ports: str = Field(
         default="8500-8999", description="The ports a service's instances may listen on: FIRST-LAST."
     )
+    agent_serve_liveness_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often a serving instance's /health is asked; one that fails 3 times in a row is "
+        "killed and restarted.",
+    )
     package_venvs: bool = Field(
         default=True,
         description="A package with a requirements.txt runs in a virtual environment built from it "

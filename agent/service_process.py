@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
-
 from agent.gpus import visible_devices
 from agent.run_process import command_lines, process_start_time, wait_for_pid
 from agent.runtime.runner import descendants
@@ -33,7 +31,7 @@ from agent.service_state import InstanceState, ServiceFolder
 logger = logging.getLogger(__name__)
 
 LOG_MAX_BYTES = 16 * 1024 * 1024  # an instance's log past this is moved to <name>.1 at its next launch
-HEALTH_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+HEALTH_TIMEOUT_SECONDS = 5.0
 
 
 def server_command(service_id: uuid.UUID, index: int) -> list[str]:
@@ -55,6 +53,36 @@ def find_server(service_id: uuid.UUID, index: int) -> int | None:
         ):
             return pid
     return None
+
+
+async def get_health(host: str, port: int) -> tuple[int, dict[str, str]] | None:
+    """GET /health on a connection of its own: (status, headers), or None when nothing answered in
+    time. By hand on a socket: asked every few seconds per instance, it stays out of httpx's log."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                request = (
+                    f"GET /health HTTP/1.1\r\nHost: {url_host(host)}:{port}\r\nConnection: close\r\n\r\n"
+                )
+                writer.write(request.encode("ascii"))
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        return None
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
+    return status, headers
 
 
 def url_host(host: str) -> str:
@@ -179,6 +207,7 @@ class ServingProcess:
             os.close(stderr)
         pid = self._child.pid
         self.state.pid, self.state.pid_start, self.state.stderr_offset = pid, process_start_time(pid), offset
+        self.state.served = False
         return pid
 
     async def wait(self) -> tuple[int | None, int | None]:
@@ -190,15 +219,12 @@ class ServingProcess:
         await wait_for_pid(self.state.pid, self.state.pid_start)
         return None, None
 
-    async def healthy(self, client: httpx.AsyncClient, host: str) -> bool:
+    async def healthy(self, host: str) -> bool:
         """Whether GET /health answers 200 now, from this instance (not whatever else took the port)."""
-        try:
-            answer = await client.get(
-                f"http://{url_host(host)}:{self.state.port}/health", timeout=HEALTH_TIMEOUT
-            )
-        except httpx.HTTPError:
-            return False
-        return answer.status_code == 200 and answer.headers.get("x-trainyard-instance") == self.instance
+        answer = await get_health(host, self.state.port or 0)
+        return (
+            answer is not None and answer[0] == 200 and answer[1].get("x-trainyard-instance") == self.instance
+        )
 
     @property
     def instance(self) -> str:

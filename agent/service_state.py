@@ -33,6 +33,7 @@ class InstanceState:
     pid_start: int | None = None  # /proc/<pid>/stat field 22: the same pid is the same process
     port: int | None = None
     stderr_offset: int = 0  # where this launch's stderr starts in the log
+    served: bool = False  # this launch answered /health once (a re-adopted one is watched, not loaded)
     failures: list[float] = field(default_factory=list)  # wall clock of each recent death
     given_up: bool = False
 

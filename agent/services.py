@@ -25,12 +25,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-
-import httpx
 
 from agent.client import ApiError, ApiRejected
 from agent.environments import EnvironmentBuildFailed, python_for, requirements_hash
@@ -63,6 +62,7 @@ RESTART_BUDGET = 5  # deaths of one instance within the window: the agent gives 
 RESTART_WINDOW_SECONDS = 600.0
 HEALTH_POLL_SECONDS = (0.05, 1.0)  # first and largest pause between two looks at /health
 LOAD_TIMEOUT_SECONDS = 900.0  # an instance not healthy by then is killed and counts as a death
+LIVENESS_FAILURES = 3  # /health checks failed in a row: a serving instance is killed and restarted
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 60.0  # a supervisor that failed unexpectedly
 
 
@@ -95,6 +95,7 @@ class Service:
             for index in range(self.payload.instances)
         }
         self._python: str | None = None
+        self.unresponsive: set[int] = set()  # instances killed for not answering /health
         self._preparing = asyncio.Lock()
 
     @property
@@ -152,6 +153,8 @@ class Service:
             if self.stop_requested.is_set():
                 return
             if healthy:
+                state.served = True
+                self._save()
                 address = f"http://{url_host(self.machine.settings.serve_advertise)}:{state.port}"
                 logger.info("service %s instance %d: serving at %s", self.service_id, index, address)
                 await self._report(
@@ -159,7 +162,7 @@ class Service:
                         type=ServiceEventType.SERVING, instance=index, address=address, pid=state.pid
                     )
                 )
-            code, signum = await self._until_ended(process)
+            code, signum = await self._until_ended(process, watch=healthy)
             if self.stop_requested.is_set():
                 return
             if code == EXIT_PORT_TAKEN and not healthy:
@@ -199,30 +202,61 @@ class Service:
         return True
 
     async def _until_healthy(self, index: int) -> bool:
-        """Until /health answers 200 (True), or the process ends, a stop comes, or the load times out."""
-        process = self.processes[index]
+        """Until /health answers 200 (True), or the process ends, or a stop comes. A new process has
+        `LOAD_TIMEOUT_SECONDS` to load its model; one that answered before (re-adopted after an agent
+        restart) only `LIVENESS_FAILURES` checks: either is killed when it runs out."""
+        process, state = self.processes[index], self.state.instance(index)
         host = local_host(self.machine.settings.agent_serve_host)
         pause, deadline = HEALTH_POLL_SECONDS[0], time.monotonic() + LOAD_TIMEOUT_SECONDS
-        async with httpx.AsyncClient() as client:
-            while process.alive() and not self.stop_requested.is_set():
-                if await process.healthy(client, host):
-                    return True
-                if time.monotonic() > deadline:
-                    logger.warning(
-                        "service %s instance %d: not healthy in time; killed", self.service_id, index
-                    )
-                    await process.stop(self.machine.settings.stop_grace)
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_requested.wait(), timeout=pause)
-                pause = min(pause * 2, HEALTH_POLL_SECONDS[1])
+        failures = 0
+        while process.alive() and not self.stop_requested.is_set():
+            if await process.healthy(host):
+                return True
+            failures += 1
+            if state.served and failures >= LIVENESS_FAILURES:
+                self._kill_unresponsive(process)
+                return False
+            if time.monotonic() > deadline:
+                logger.warning("service %s instance %d: not healthy in time; killed", self.service_id, index)
+                await process.stop(self.machine.settings.stop_grace)
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), timeout=pause)
+            pause = min(pause * 2, HEALTH_POLL_SECONDS[1])
         return False
 
-    async def _until_ended(self, process: ServingProcess) -> tuple[int | None, int | None]:
+    def _kill_unresponsive(self, process: ServingProcess) -> None:
+        logger.warning(
+            "service %s instance %d: no answer to /health %d times; killed",
+            self.service_id,
+            process.index,
+            LIVENESS_FAILURES,
+        )
+        self.unresponsive.add(process.index)
+        process.signal(signal.SIGKILL)
+
+    async def _until_ended(self, process: ServingProcess, *, watch: bool) -> tuple[int | None, int | None]:
+        """Until the process ends (its exit code, signal) or a stop comes (None, None). With `watch`,
+        its /health is asked every `TRAINYARD_AGENT_SERVE_LIVENESS_SECONDS`: after `LIVENESS_FAILURES`
+        failures in a row (alive but answering nothing: hung, or stopped) it is killed, and its death
+        goes the usual way, restarted with backoff."""
         ended = asyncio.ensure_future(process.wait())
         stopper = asyncio.ensure_future(self.stop_requested.wait())
+        every = self.machine.settings.agent_serve_liveness_seconds
+        host = local_host(self.machine.settings.agent_serve_host)
+        failures = 0
         try:
-            await asyncio.wait({ended, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            while not ended.done() and not stopper.done():
+                await asyncio.wait(
+                    {ended, stopper},
+                    timeout=every if watch else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if ended.done() or stopper.done() or failures >= LIVENESS_FAILURES:
+                    continue
+                failures = 0 if await process.healthy(host) else failures + 1
+                if failures >= LIVENESS_FAILURES:
+                    self._kill_unresponsive(process)
         finally:
             stopper.cancel()
         if not ended.done():
@@ -237,6 +271,12 @@ class Service:
         state.failures = [t for t in state.failures if now - t < RESTART_WINDOW_SECONDS] + [now]
         restarting = len(state.failures) < RESTART_BUDGET
         tail = read_tail(self.folder.stderr(index), state.stderr_offset, ERROR_TAIL_MAX_CHARS)
+        if index in self.unresponsive:
+            self.unresponsive.discard(index)
+            killed = (
+                f"it stopped answering /health ({LIVENESS_FAILURES} checks in a row): the agent killed it"
+            )
+            tail = f"{tail}\n{killed}"[-ERROR_TAIL_MAX_CHARS:].strip()
         pid = state.pid
         state.pid = state.pid_start = state.port = None
         state.given_up = not restarting

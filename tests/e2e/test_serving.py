@@ -49,10 +49,14 @@ TRAIN = (
 )
 
 
-def serve_ports() -> str:
-    """A window of ports of this test's own: pytest-xdist runs other agents at the same time."""
+def agent_settings() -> dict[str, str]:
+    """A window of ports of this test's own (pytest-xdist runs other agents at the same time), and
+    /health asked often, so that a hung instance is found soon."""
     first = random.randrange(20000, 40000, 100)
-    return f"{first}-{first + 99}"
+    return {
+        "TRAINYARD_AGENT_SERVE_PORTS": f"{first}-{first + 99}",
+        "TRAINYARD_AGENT_SERVE_LIVENESS_SECONDS": "0.5",
+    }
 
 
 def servers(service_id: str) -> dict[int, int]:
@@ -111,7 +115,7 @@ async def wait_for(condition: Any, s: Stack, what: str) -> Any:
 @pytest.fixture
 async def served() -> AsyncIterator[Stack]:
     async with stack() as s:
-        s.start_agent(TRAINYARD_AGENT_SERVE_PORTS=serve_ports())
+        s.start_agent((), **agent_settings())
         await s.wait_polling()
         try:
             yield s
@@ -199,11 +203,12 @@ async def test_digits_serves_restarts_when_killed_and_stops_leaving_nothing(
     assert index == 0
 
 
-async def _new_server(s: Stack, path: str, service_id: str, old: int) -> int | None:
+async def _new_server(s: Stack, path: str, service_id: str, old: int, index: int = 0) -> int | None:
+    """The new process of instance `index` once it serves (and `old` is no longer its process)."""
     live = servers(service_id)
     service = ok(await s.admin.get(path))
-    if live and old not in live.values() and service["status"] == "serving":
-        return live[0]
+    if live.get(index, old) != old and index in service["serving_instances"]:
+        return live[index]
     return None
 
 
@@ -220,23 +225,37 @@ async def test_a_restarted_agent_re_adopts_its_serving_instances(served: Stack) 
 
     s.agents[0].kill()  # SIGKILL: the instances go on
     assert all(alive(pid) for pid in before.values())
-    s.start_agent(TRAINYARD_AGENT_SERVE_PORTS=serve_ports())
+    s.start_agent((), **agent_settings())
     await s.wait_polling()
-    await wait_for(lambda: _serving_instances(s, path, 2), s, "serving after the restart")
+    # The new agent says each instance serves again once it answered its /health.
+    await wait_for(lambda: _reported_serving(s, path, 4), s, "both instances reported again")
     assert servers(service["id"]) == before  # the same processes, re-adopted, not restarted
     echoed = ok(await s.admin.post(f"{path}/predict", content=b"hi"))
     assert echoed["echo"] == "hi"
 
+    # Alive but answering nothing (SIGSTOP): its /health fails, the agent kills it and starts another.
+    os.kill(before[1], signal.SIGSTOP)
+    replaced = await wait_for(
+        lambda: _new_server(s, path, service["id"], before[1], index=1), s, "instance 1 replaced"
+    )
+    assert not alive(before[1]) and alive(before[0])
+    exited = [e for e in await events(s, path) if e["kind"] == "instance_exited"]
+    assert exited[-1]["instance"] == 1 and "stopped answering /health" in exited[-1]["detail"]
+
     ok(await s.admin.post(f"{path}/stop"), 202)  # only an agent that re-adopted them can stop them
     stopped = await wait_service(s, path, "stopped", "failed")
     assert stopped["status"] == "stopped", stopped
-    await wait_gone(list(before.values()), s)
+    await wait_gone([before[0], replaced], s)
 
 
 async def _serving_instances(s: Stack, path: str, count: int) -> bool:
     service = ok(await s.admin.get(path))
     assert service["status"] in ("starting", "serving"), service
     return service["status"] == "serving" and len(service["serving_instances"]) == count
+
+
+async def _reported_serving(s: Stack, path: str, count: int) -> bool:
+    return len([e for e in await events(s, path) if e["kind"] == "instance_serving"]) >= count
 
 
 async def test_its_maximum_run_time_stops_it(served: Stack) -> None:
