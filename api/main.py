@@ -20,6 +20,7 @@ from api.agent_routes.hold import HeldPolls
 from api.agent_routes.io import router as agent_io_router
 from api.agent_routes.router import router as agent_router
 from api.agent_routes.services import router as agent_services_router
+from api.base_packages.router import router as base_packages_router
 from api.console.app import install_console
 from api.core.access_log import quiet_agent_access_lines
 from api.core.auth_first import install_auth_first
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         processes_router,
         schedules_router,
         packages_router,
+        base_packages_router,
         datasets_router,
         run_outputs_router,
         runs_router,

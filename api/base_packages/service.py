@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.base_packages.catalogue import BASE_PACKAGES, MODEL_TYPES, BasePackageSpec, package_zip
+from api.base_packages.schemas import BasePackageRead
 from api.core.blobs import BlobStore
 from api.core.config import Settings
 from api.core.db import create_engine, create_sessionmaker
@@ -27,6 +28,7 @@ from api.core.errors import Conflict, InvalidInput, NotFound
 from api.core.notify import Notifier
 from api.core.repository import dialect_insert, get_or_create_named, record_blobs
 from api.core.s3blobs import blob_store
+from api.core.schemas import Page, PageParams, paged
 from api.models import ModelType, Package, PackageLine, PackageVersion, Project
 from api.packages.inspect import inspect_package
 from api.packages.service import _stored_fields, check_name, latest_version
@@ -223,3 +225,38 @@ async def install_now(settings: Settings) -> list[Installed]:
         return installed
     finally:
         await engine.dispose()
+
+
+async def list_catalogue(
+    session: AsyncSession, page: PageParams, model_type: str | None
+) -> Page[BasePackageRead]:
+    """The catalogue, a page of it; with `model_type`, only the packages for it."""
+
+    async def item(package: Package) -> BasePackageRead:
+        versions = list(
+            await session.scalars(
+                select(PackageVersion)
+                .where(PackageVersion.package_id == package.id)
+                .order_by(PackageVersion.major, PackageVersion.minor)
+            )
+        )
+        latest = versions[-1] if versions else None
+        return BasePackageRead(
+            id=package.id,
+            name=package.name,
+            description=package.description,
+            model_types=package.model_types,
+            latest_version=None if latest is None else str(Version(latest.major, latest.minor)),
+            versions=[str(Version(v.major, v.minor)) for v in versions],
+            has_evaluate=latest is not None and latest.has_evaluate,
+            has_predict=latest is not None and latest.has_predict,
+            declared_parameters=None if latest is None else latest.declared_parameters,
+            created_at=package.created_at,
+        )
+
+    statement = select(Package).where(Package.project_id.is_(None))
+    if model_type is not None:
+        # a JSON list on both databases: filtered here, the catalogue being a handful of rows
+        names = [p.name for p in await session.scalars(statement) if model_type in p.model_types]
+        statement = statement.where(Package.name.in_(names))
+    return await paged(session, statement, Package.id, page, item)

@@ -243,3 +243,25 @@ async def test_a_trainer_names_a_base_package_and_a_viewer_sees_it_but_adopts_no
     assert ok(made, 201)["base_version"] == "1.0"
     seen = ok(await client.get(f"/projects/{project}/packages/{IMAGE}/versions/1.0", headers=headers))
     assert seen["origin"] == "builtin"
+
+
+async def test_the_catalogue_is_listed_for_anyone_who_sees_the_model_types(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    assert ok(await client.get("/base-packages")) == {"items": [], "next_cursor": None}
+    await _install(app)
+    listed = ok(await client.get("/base-packages"))["items"]
+    assert [(item["name"], item["latest_version"], item["versions"]) for item in listed] == [
+        (IMAGE, "1.0", ["1.0"]),
+        (TABULAR, "1.0", ["1.0"]),
+    ]
+    image = listed[0]
+    assert image["model_types"] == ["image-classification"] and image["has_predict"] and image["has_evaluate"]
+    assert "image_size" in [parameter["name"] for parameter in image["declared_parameters"]]
+    only = ok(await client.get("/base-packages", params={"model_type": "tabular-classification"}))
+    assert [item["name"] for item in only["items"]] == [TABULAR]
+    assert ok(await client.get("/base-packages", params={"model_type": "nothing"}))["items"] == []
+    project = await _project(client)
+    viewer = await member_token(client, project, "vera", "viewer")
+    seen = ok(await client.get("/base-packages", headers={"Authorization": f"Bearer {viewer}"}))
+    assert len(seen["items"]) == 2

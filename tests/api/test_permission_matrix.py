@@ -74,6 +74,7 @@ NEEDS: dict[str, P | str] = {
     # the installation's lists
     "model_types_create": P.MODEL_TYPES_ADMIN,
     "model_types_list": P.MODEL_TYPES_VIEW,
+    "base_packages_list": P.MODEL_TYPES_VIEW,
     "model_types_get": P.MODEL_TYPES_VIEW,
     "model_types_update": P.MODEL_TYPES_ADMIN,
     "model_types_delete": P.MODEL_TYPES_ADMIN,
