@@ -1,6 +1,7 @@
 """`/projects/{project}/services`: publish a package version on a machine, start, stop, delete, and
 predict through the API (docs/serving.md)."""
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -11,6 +12,7 @@ from api.core.deps import NotifierDep
 from api.core.errors import error_responses
 from api.core.schemas import Page, PageDep
 from api.core.security import Permission
+from api.core.watch import WATCH_RESPONSES, IfNoneMatch, WaitQuery, answer_when_changed
 from api.projects.deps import InProject, in_project
 from api.runs.lifecycle import actor_of
 from api.services import service
@@ -61,9 +63,26 @@ async def list_services(
     return await service.list_services(session, target.project, page, status_)
 
 
-@router.get("/services/{service}", operation_id="services_get")
-async def get_service(target: Read) -> ServiceRead:
-    return service.service_read(target.loaded)
+@router.get(
+    "/services/{service}", operation_id="services_get", response_model=ServiceRead, responses=WATCH_RESPONSES
+)
+async def get_service(
+    target: Read,
+    response: Response,
+    session: SessionDep,
+    notifier: NotifierDep,
+    wait: WaitQuery = 0,
+    if_none_match: IfNoneMatch = None,
+) -> ServiceRead | Response:
+    """The service, with an `ETag` of what it shows. With `If-None-Match` naming it, 304; with
+    `wait=S` too, held until it changes (200 with the new `ETag`; deleted: 404) or S seconds pass."""
+    loaded = target.loaded
+
+    async def read() -> tuple[ServiceRead, list[uuid.UUID]]:
+        found = await service.load_service(session, loaded.project.id, loaded.service.name)
+        return service.service_read(found), [found.service.id]
+
+    return await answer_when_changed(if_none_match, response, session, notifier, wait, read, None)
 
 
 @router.post(

@@ -43,7 +43,10 @@ _LOADED = (
     .join(Package, Package.id == PackageVersion.package_id)
     .join(Machine, Machine.id == Service.machine_id)
 )
-_BY_NAME = _LOADED.where(Service.project_id == bindparam("project_id"), Service.name == bindparam("name"))
+# Read anew each time (a watcher's re-read must see what committed since: api/core/watch.py).
+_BY_NAME = _LOADED.where(
+    Service.project_id == bindparam("project_id"), Service.name == bindparam("name")
+).execution_options(populate_existing=True)
 
 
 def _loaded(

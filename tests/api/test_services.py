@@ -483,3 +483,29 @@ async def test_a_services_moves_are_delivered_as_webhooks(
         ]
     )
     assert all(p["data"]["service_id"] == created["id"] and p["data"]["service"] == "svc" for p in payloads)
+    # Ends once every outcome is recorded: the dispatcher is not cut off mid-write when the app stops.
+    log = f"/projects/{world.project}/webhooks/{hook['id']}/deliveries"
+    for _ in range(300):  # an outer bound, never a timing check
+        deliveries_log = ok(await client.get(log))["items"]
+        if len(deliveries_log) == 5 and all(d["state"] != "pending" for d in deliveries_log):
+            break
+        await asyncio.sleep(0.1)
+    assert [d["state"] for d in deliveries_log] == ["succeeded"] * 5
+
+
+async def test_a_watcher_is_answered_when_the_service_moves(client: AsyncClient, app: FastAPI) -> None:
+    world = await make_world(client)
+    await publish(client, world)
+    first = await client.get(path(world))
+    etag = first.headers["etag"]
+    assert (await client.get(path(world), headers={"If-None-Match": etag})).status_code == 304
+    watching = asyncio.create_task(
+        client.get(path(world), params={"wait": 20}, headers={"If-None-Match": etag})
+    )
+    for _ in range(500):  # until the watch waits on the notifier (a bound, not a timing)
+        if app.state.notifier.waiting:
+            break
+        await asyncio.sleep(0.01)
+    ok(await client.post(f"{path(world)}/start"), 202)
+    moved = await watching
+    assert ok(moved)["status"] == "starting" and moved.headers["etag"] != etag
