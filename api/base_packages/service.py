@@ -87,7 +87,12 @@ async def _install_one(
         .values(name=spec.name, project_id=None, builtin=True, description="", model_types=[])
         .on_conflict_do_nothing()
     )
-    package = await catalogue_package(session, spec.name)
+    # Locked until the commit (PostgreSQL; SQLite has one writer): two `migrate`s at once, as two
+    # replicas may run it, compare with the latest version one after the other, so one content
+    # makes one version.
+    package = await session.scalar(
+        select(Package).where(Package.project_id.is_(None), Package.name == spec.name).with_for_update()
+    )
     assert package is not None
     package.description, package.model_types = spec.description, list(spec.model_types)
     latest = await latest_version(session, package)

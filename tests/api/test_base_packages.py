@@ -2,11 +2,13 @@
 is idempotent and adds a version only for new content; a template naming one gets the project's copy;
 nobody uploads into it or deletes its versions; its model types are checked."""
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
@@ -265,3 +267,27 @@ async def test_the_catalogue_is_listed_for_anyone_who_sees_the_model_types(
     viewer = await member_token(client, project, "vera", "viewer")
     seen = ok(await client.get("/base-packages", headers={"Authorization": f"Bearer {viewer}"}))
     assert len(seen["items"]) == 2
+
+
+async def test_two_installs_at_once_make_one_version(app: FastAPI, is_postgres: bool, tmp_path: Path) -> None:
+    """Two `trainyard-api migrate`s at once (two replicas starting) with a changed package: one new
+    version. The first holds its transaction open while the second starts; on PostgreSQL the second
+    waits on the catalogue row the first changed (its INSERT ... ON CONFLICT, then SELECT ... FOR
+    UPDATE), then finds the first's version. (SQLite has one writer: the second would wait on the
+    database instead, which is not what is shown here.)"""
+    if not is_postgres:
+        pytest.skip("row locks: PostgreSQL's concern")
+    await _install(app)
+    root = tmp_path / "base"
+    shutil.copytree(HERE, root, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    with (root / "tabular_classifier" / "train.py").open("a") as file:
+        file.write("\n# a change\n")
+    async with app.state.sessionmaker() as first:
+        limits = app.state.settings.archive_limits()
+        made = await install_base_packages(first, app.state.blobs, limits, root=root)
+        second = asyncio.create_task(_install(app, root))
+        await asyncio.sleep(0.5)  # lets the second reach the row if it can; the claim holds either way
+        await first.commit()
+    assert [(item.version, item.added) for item in made] == [("1.0", False), ("2.0", True)]
+    assert [(item.version, item.added) for item in await second] == [("1.0", False), ("2.0", False)]
+    assert [v[:2] for v in (await _catalogue(app))[TABULAR]] == [(1, 0), (2, 0)]
