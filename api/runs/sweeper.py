@@ -29,6 +29,7 @@ from api.core.notify import Notifier
 from api.models import AgentCommand, Machine, Run
 from api.models.base import utcnow
 from api.runs.lifecycle import SYSTEM, end_run, request_stop, withdraw_start
+from api.services.sweep import sweep_services
 from shared.enums import ACTIVE_RUN_STATUSES, CommandKind, CommandState, ReasonCode, RunStatus
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class Sweeper:
         )
         for run_id in lost:
             await self._lose(run_id, lost_since)
+        await sweep_services(self._sessionmaker, self._settings, now)  # the same clock for services
 
         async with self._sessionmaker() as session:
             silent_machines = select(Machine.id).where(

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,9 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook as Verifier
 
 from api.core.config import Settings
+from api.models.base import utcnow
+from api.runs import sweeper as sweeper_module
+from api.runs.sweeper import Sweeper
 from tests.api.access_kit import member_token
 from tests.api.conftest import DatabaseDump
 from tests.api.packages_kit import upload_package, valid_package, zip_bytes
@@ -509,3 +513,35 @@ async def test_a_watcher_is_answered_when_the_service_moves(client: AsyncClient,
     ok(await client.post(f"{path(world)}/start"), 202)
     moved = await watching
     assert ok(moved)["status"] == "starting" and moved.headers["etag"] != etag
+
+
+async def test_the_sweeper_times_out_an_untaken_start_and_ends_what_a_silent_machine_served(
+    client: AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = await make_world(client)
+    ids = {name: (await publish(client, world, name))["id"] for name in ("untaken", "served", "stopping")}
+    async with agent_client(app, world.agent_token) as agent:
+        for name in ("served", "stopping"):
+            await started(client, agent, world, name)
+            await event(agent, ids[name], "serving", address="http://127.0.0.1:9")
+        ok(await client.post(f"{path(world, 'stopping')}/stop"), 202)
+        ok(await client.post(f"{path(world, 'untaken')}/start"), 202)
+    settings: Settings = app.state.settings
+    sweeper = Sweeper(app.state.sessionmaker, app.state.notifier, settings)
+
+    def later(seconds: float) -> None:
+        monkeypatch.setattr(sweeper_module, "utcnow", lambda: utcnow() + timedelta(seconds=seconds))
+
+    later(settings.start_timeout + 1)  # still short of lost_after: only the untaken start ends
+    await sweeper.sweep_once()
+    found = {name: ok(await client.get(path(world, name))) for name in ids}
+    assert (found["untaken"]["status"], found["untaken"]["reason_code"]) == ("failed", "start_timeout")
+    assert (found["served"]["status"], found["stopping"]["status"]) == ("serving", "stopping")
+    later(settings.lost_after + 1)
+    await sweeper.sweep_once()
+    found = {name: ok(await client.get(path(world, name))) for name in ids}
+    assert (found["served"]["status"], found["served"]["reason_code"]) == ("failed", "lost")
+    assert (found["stopping"]["status"], found["stopping"]["reason_code"]) == ("stopped", "user_stop")
+    assert found["served"]["serving_instances"] == []
+    moves = status_moves(ok(await client.get(f"{path(world, 'served')}/events"))["items"])
+    assert moves[-1] == ("serving", "failed", "lost")
