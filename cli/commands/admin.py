@@ -1,4 +1,5 @@
-"""`trainyard projects`, `model-types`, `machines`: the objects outside any project (and projects)."""
+"""`trainyard projects`, `model-types`, `base-packages`, `machines`: the objects outside any project
+(and projects)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from cli.options import JsonOpt, LimitOpt, api
 projects = typer.Typer(help="Projects: the scope of templates, processes, packages, datasets and models.")
 model_types = typer.Typer(help="Model types: the administrators' list of kinds of task.")
 machines = typer.Typer(help="Target machines: where the agent runs training.")
+base_packages = typer.Typer(
+    help="Built-in base packages: what a template may name as its base package with no upload."
+)
 
 NameArg = Annotated[str, typer.Argument(help="Its name.")]
 DescriptionOpt = Annotated[str, typer.Option("--description", "-d", help="What it is for.")]
@@ -98,6 +102,30 @@ def model_types_list(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
         as_json=as_json,
         columns=[("NAME", lambda t: t["name"]), ("DESCRIPTION", lambda t: t["description"])],
         empty="no model types yet: `trainyard model-types create NAME` (administrators)",
+    )
+
+
+@base_packages.command("list")
+def base_packages_list(
+    model_type: Annotated[
+        str | None, typer.Option("--model-type", "-t", help="Only those for this model type.")
+    ] = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The built-in base packages (docs/base-packages.md)."""
+    listed(
+        "/base-packages",
+        params=None if model_type is None else {"model_type": model_type},
+        limit=limit,
+        as_json=as_json,
+        columns=[
+            ("NAME", lambda p: p["name"]),
+            ("LATEST", lambda p: p["latest_version"] or "-"),
+            ("MODEL TYPES", lambda p: ", ".join(p["model_types"])),
+            ("DESCRIPTION", lambda p: p["description"]),
+        ],
+        empty="no base packages: `trainyard-api migrate` installs them",
     )
 
 
