@@ -22,14 +22,15 @@ from api.models.base import utcnow
 from api.runs.lifecycle import UNTAKEN_COMMAND_STATES, Actor, agent_actor
 from api.webhooks import outbox
 from shared.enums import CommandKind, CommandState, ReasonCode, ServiceStatus
-from shared.protocol import StartServicePayload, StopServicePayload
+from shared.protocol import MAX_SERVICE_INSTANCES, StartServicePayload, StopServicePayload
 from shared.versions import Version
 
 S = ServiceStatus
 ACTIVE = frozenset({S.STARTING, S.SERVING})  # wanted served: the agent keeps its instances up
 LIVE = ACTIVE | {S.STOPPING}  # the agent has, or may have, instances of it
 STARTABLE = frozenset({S.CREATED, S.STOPPED, S.FAILED})
-_CAS_ATTEMPTS = 5
+# Every instance of a service may report at once: each loses at most once to each of the others.
+_CAS_ATTEMPTS = MAX_SERVICE_INSTANCES + 4
 _UNTAKEN = [state.value for state in UNTAKEN_COMMAND_STATES]
 RESTARTED_WITHOUT = "the agent restarted without this service"
 

@@ -545,3 +545,23 @@ async def test_the_sweeper_times_out_an_untaken_start_and_ends_what_a_silent_mac
     assert found["served"]["serving_instances"] == []
     moves = status_moves(ok(await client.get(f"{path(world, 'served')}/events"))["items"])
     assert moves[-1] == ("serving", "failed", "lost")
+
+
+async def test_racing_requests_each_decide_on_what_committed(client: AsyncClient, app: FastAPI) -> None:
+    """Two starts at once: one wins, one is refused. Instances reporting at once: each keeps the
+    other's address (every change is a compare-and-set on the row's revision)."""
+    world = await make_world(client)
+    created = await publish(client, world, instances=4)
+    starts = await asyncio.gather(*(client.post(f"{path(world)}/start") for _ in range(2)))
+    assert sorted(r.status_code for r in starts) == [202, 409], [r.text for r in starts]
+    problem(next(r for r in starts if r.status_code == 409), 409, "service_active")
+    async with agent_client(app, world.agent_token) as agent:
+        await take(agent, "start_service")  # one start command: the refused start queued none
+        replies = await asyncio.gather(
+            *(
+                event(agent, created["id"], "serving", instance=n, address=f"http://127.0.0.1:{9000 + n}")
+                for n in range(4)
+            )
+        )
+    assert {reply["status"] for reply in replies} == {"serving"}
+    assert ok(await client.get(path(world)))["serving_instances"] == [0, 1, 2, 3]
