@@ -30,7 +30,8 @@ from agent.service_state import InstanceState, ServiceFolder
 
 logger = logging.getLogger(__name__)
 
-LOG_MAX_BYTES = 16 * 1024 * 1024  # an instance's log past this is moved to <name>.1 at its next launch
+LOG_MAX_BYTES = 16 * 1024 * 1024  # an instance's log past this is cut (its last LOG_KEPT_BYTES to <name>.1)
+LOG_KEPT_BYTES = 1024 * 1024
 HEALTH_TIMEOUT_SECONDS = 5.0
 
 
@@ -225,6 +226,28 @@ class ServingProcess:
         return (
             answer is not None and answer[0] == 200 and answer[1].get("x-trainyard-instance") == self.instance
         )
+
+    def bound_logs(self) -> None:
+        """Keep a serving instance's logs within `LOG_MAX_BYTES` while it runs: past it, the last
+        `LOG_KEPT_BYTES` go to `<name>.1` and the file is emptied (the process appends, so it writes on
+        at the new end). What it writes between the copy and the cut is lost."""
+        for path in (self.folder.stdout(self.index), self.folder.stderr(self.index)):
+            try:
+                if path.stat().st_size <= LOG_MAX_BYTES:
+                    continue
+                with open(path, "rb") as log:
+                    log.seek(-LOG_KEPT_BYTES, os.SEEK_END)
+                    kept = log.read()
+                aside = path.with_name(path.name + ".1")
+                aside.write_bytes(kept)
+                os.truncate(path, 0)
+            except OSError as error:
+                logger.warning(
+                    "service %s instance %d: %s not cut: %s", self.service_id, self.index, path, error
+                )
+                continue
+            if path == self.folder.stderr(self.index):
+                self.state.stderr_offset = 0
 
     @property
     def instance(self) -> str:

@@ -254,6 +254,7 @@ class Service:
                 )
                 if ended.done() or stopper.done() or failures >= LIVENESS_FAILURES:
                     continue
+                await asyncio.to_thread(process.bound_logs)
                 failures = 0 if await process.healthy(host) else failures + 1
                 if failures >= LIVENESS_FAILURES:
                     self._kill_unresponsive(process)

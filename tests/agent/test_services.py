@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
+from agent import service_process
 from agent.cli import build_agent
 from agent.client import ApiClient
 from agent.daemon import Agent
@@ -47,6 +48,7 @@ async def world(client: AsyncClient) -> World:
 
 @pytest.fixture
 async def agent(app: FastAPI, world: World, tmp_path: Path) -> AsyncIterator[Agent]:
+    """The agent, started (the run-side files, the probe, hello); its /health checks 5 a second."""
     first = random.randrange(20000, 40000, 100)
     settings = agent_settings(world.agent_token, tmp_path).model_copy(
         update={
@@ -56,6 +58,7 @@ async def agent(app: FastAPI, world: World, tmp_path: Path) -> AsyncIterator[Age
             "package_venvs": False,
             "agent_serve_ports": f"{first}-{first + 99}",
             "stop_grace": 5.0,
+            "agent_serve_liveness_seconds": 0.2,
         }
     )
     async with ApiClient(settings, transport=ASGITransport(app=app)) as api:
@@ -143,3 +146,40 @@ async def test_a_stop_for_a_service_the_agent_never_had_ends_it(
     assert stop.kind is CommandKind.STOP_SERVICE and agent.services.services == {}
     stopped = await until_status(client, path, "stopped", "failed")
     assert (stopped["status"], stopped["reason_code"]) == ("stopped", "user_stop"), stopped
+
+
+CHATTY = """\
+import sys
+
+
+class Main:
+    def predict(self, input):
+        sys.stderr.write("x" * 999 + "\\n")
+        return input
+"""
+
+
+async def test_a_chatty_instance_keeps_its_logs_bounded(
+    agent: Agent, client: AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_process, "LOG_MAX_BYTES", 20_000)
+    monkeypatch.setattr(service_process, "LOG_KEPT_BYTES", 5_000)
+    package = zip_bytes({"train.py": train_py("train", "save"), "main.py": CHATTY})
+    ok(await upload_package(client, world.project, "chatty", package), 201)
+    body = {"name": "chatty", "package": "chatty", "version": "1.0", "machine": world.machine}
+    ok(await client.post(f"/projects/{world.project}/services", json=body), 201)
+    path = f"/projects/{world.project}/services/chatty"
+    ok(await client.post(f"{path}/start"), 202)
+    [command] = await agent.run_once()
+    await until_status(client, path, "serving")
+    held = agent.services.services[command.service_id]  # type: ignore[index]
+    stderr = held.folder.stderr(0)
+    for _ in range(60):  # 60 KB of stderr, three times the bound
+        ok(await client.post(f"{path}/predict", json=1))
+    deadline = time.monotonic() + BOUND_SECONDS
+    while stderr.stat().st_size > 20_000:  # cut at the next liveness check
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    kept = stderr.with_name(stderr.name + ".1").read_bytes()
+    assert len(kept) == 5_000 and kept.endswith(b"x\n")
+    assert ok(await client.post(f"{path}/predict", json=2)) == 2  # it writes on, at the new end
