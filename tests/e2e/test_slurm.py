@@ -233,7 +233,12 @@ async def test_a_full_cluster_shows_the_queued_stage_with_slurms_reason(slurm_cl
         start_slurm_agent(s, slurm_cluster)
         # Every CPU of the one node taken by a job of someone else's.
         blocker = slurm_cluster.command(
-            "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 600"
+            "sbatch",
+            "--parsable",
+            f"--cpus-per-task={slurm_cluster.cpus}",
+            f"--output={slurm_cluster.folder / 'blocker-%j.out'}",
+            "--wrap",
+            "sleep 600",
         ).stdout.strip()
         try:
             run = await s.start(process)
@@ -394,7 +399,12 @@ async def test_a_job_queued_when_the_agent_died_is_re_adopted_and_trains(slurm_c
         process = await s.deploy(WAITS_FOR_GO, marks=marks)
         first = start_slurm_agent(s, slurm_cluster)
         blocker = slurm_cluster.command(
-            "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 600"
+            "sbatch",
+            "--parsable",
+            f"--cpus-per-task={slurm_cluster.cpus}",
+            f"--output={slurm_cluster.folder / 'blocker-%j.out'}",
+            "--wrap",
+            "sleep 600",
         ).stdout.strip()
         try:
             run = await s.start(process)
