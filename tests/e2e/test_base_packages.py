@@ -4,7 +4,8 @@ A person holds only data: scikit-learn's digits written as PNG files, a folder p
 iris flowers as CSV files. `trainyard-api migrate` installed the built-in base packages; they upload
 the datasets, write templates naming `image-classifier` and `tabular-classifier` (no package
 uploaded), run them, and get trained, evaluated versions (per-class metrics, badcases whose files
-download). The trained image version, downloaded, answers `Main().predict` in process.
+download). The trained image version, downloaded, answers `Main().predict` in process; both trained
+versions, published as services on the machine, answer `predict` through the API.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import sys
 import zipfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.run_process import command_lines
 from tests.api.world import ok
 from tests.e2e.harness import PROJECT, Stack, stack
+from tests.e2e.test_serving import agent_settings, wait_service
 from tests.examples.conftest import EXAMPLES, load_module
 
 IMAGE = "image-classifier"
@@ -42,6 +48,7 @@ class Facts:
     models: list[dict[str, Any]] = field(default_factory=list)
     badcase_downloads: list[tuple[dict[str, Any], int, bytes]] = field(default_factory=list)
     trained_zip: bytes = b""
+    served: dict[str, Any] = field(default_factory=dict)  # what each service's predict answered
     logs: str = ""
 
 
@@ -72,7 +79,7 @@ async def _scenario(facts: Facts) -> None:
         asyncio.to_thread(export_iris, facts.data / "iris"),
     )
     async with stack() as s:
-        s.start_agent()
+        s.start_agent((), **agent_settings())
         try:
             facts.catalogue = ok(await s.admin.get(f"/projects/{PROJECT}/packages"))
             await _upload_dataset(s, "digits", facts.data / "digits")
@@ -112,8 +119,36 @@ async def _scenario(facts: Facts) -> None:
                 )
             download = f"/projects/{PROJECT}/packages/{IMAGE}/versions/1.1/download"
             facts.trained_zip = (await s.admin.get(download)).content
+            await _serve(s, facts)
         finally:
             facts.logs = s.logs()
+            for pid, cmdline in command_lines():  # no serving process is left behind
+                if str(s.work_dir).encode() in cmdline and b"server.py" in cmdline:
+                    with suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+
+
+async def _serve(s: Stack, facts: Facts) -> None:
+    """Both trained versions published on the machine, asked to predict through the API, stopped."""
+    paths = {}
+    for name, package in (("digits", IMAGE), ("iris", TABULAR)):
+        created = {"name": name, "package": package, "version": "1.1", "machine": "local"}
+        ok(await s.admin.post(f"/projects/{PROJECT}/services", json=created), 201)
+        paths[name] = f"/projects/{PROJECT}/services/{name}"
+        ok(await s.admin.post(f"{paths[name]}/start"), 202)
+    for path in paths.values():
+        await wait_service(s, path, "serving")
+    seven = sorted((facts.data / "digits" / "test" / "7").iterdir())[0]
+    image = await s.admin.post(
+        f"{paths['digits']}/predict", content=seven.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    flower = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+    row = await s.admin.post(f"{paths['iris']}/predict", json=flower)
+    facts.served = {"digits": (image.status_code, image.text), "iris": (row.status_code, row.text)}
+    for path in paths.values():
+        ok(await s.admin.post(f"{path}/stop"), 202)
+    for path in paths.values():
+        await wait_service(s, path, "stopped", "failed")
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +219,13 @@ def test_the_trained_image_version_predicts_in_process(
     answers = [json.loads(main.predict(image.read_bytes())) for image in images]
     assert all(answer["label"] in [str(digit) for digit in range(10)] for answer in answers), answers
     assert sum(answer["label"] == "7" for answer in answers) >= 3, answers
+
+
+def test_both_trained_versions_answer_predict_as_services(facts: Facts) -> None:
+    status, text = facts.served["digits"]
+    assert status == 200, text
+    answer = json.loads(text)
+    assert answer["label"] in [str(digit) for digit in range(10)], answer
+    status, text = facts.served["iris"]
+    assert status == 200, text
+    assert json.loads(text)["label"] == "virginica", text
