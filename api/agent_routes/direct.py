@@ -45,7 +45,9 @@ UPLOAD_URL_LIFETIME = timedelta(minutes=15)
 MAX_DIRECT_UPLOAD_BYTES = 5 * 1024**3
 _MAX_REFERENCE_BYTES = 4096
 # The OpenAPI document's second body of the output routes: the reference to a direct upload.
-REFERENCE_BODY = {BLOB_REFERENCE_TYPE: {"schema": BlobReference.model_json_schema()}}
+# An output's route takes its file or, as `application/json`, a `BlobReference` to its direct upload
+# (docs/storage.md). The document names only the file's type: openapi-python-client (docs/clients.md)
+# generates a client that does not import for a body of two types (its `| Unset` goes unimported).
 # Outputs of every kind are taken while the run is active; artifacts also once it failed or stopped
 # (api/agent_routes/io.py). The report itself checks its own kind.
 _TAKING_OUTPUTS = frozenset({RunStatus.RUNNING, RunStatus.STOPPING, RunStatus.FAILED, RunStatus.STOPPED})

@@ -127,9 +127,7 @@ async def download_blob(
     "/outputs/package",
     operation_id="agent_runs_outputs_package_upload",
     responses=error_responses(409, 413, 422),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/zip": {}, **direct.REFERENCE_BODY}}
-    },
+    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
 )
 async def upload_package(
     run_id: uuid.UUID,
@@ -163,7 +161,7 @@ async def upload_package(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/octet-stream": {}, **direct.REFERENCE_BODY},
+            "content": {"application/octet-stream": {}},
         }
     },
 )
@@ -227,9 +225,7 @@ async def upload_evaluation(
     "/outputs/checkpoint",
     operation_id="agent_runs_outputs_checkpoint_upload",
     responses=error_responses(409, 413, 422),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/zip": {}, **direct.REFERENCE_BODY}}
-    },
+    openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {}}}},
 )
 async def upload_checkpoint(
     run_id: uuid.UUID,

@@ -17,7 +17,7 @@ from api.projects.deps import InProject, in_project
 from api.runs.lifecycle import actor_of
 from api.services import service
 from api.services.deps import PredictClientDep, ServiceTarget, service_for
-from api.services.schemas import ServiceCreate, ServiceEndpointRead, ServiceEventRead, ServiceRead
+from api.services.schemas import Prediction, ServiceCreate, ServiceEndpointRead, ServiceEventRead, ServiceRead
 from api.services.service import LoadedService
 from shared.enums import ActorKind, ServiceStatus
 
@@ -151,18 +151,19 @@ async def get_service_endpoint(
     responses={
         200: {
             "description": "What `predict` returned: JSON, or text/plain for a string",
-            "content": {"application/json": {}, "text/plain": {}},
+            "model": Prediction,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
         },
         **error_responses(409, 413, 422, 502),
     },
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "The input: parsed JSON for `application/json`, else the bytes as sent",
-            "content": {
-                "application/json": {"schema": {}},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
+            # One type in the document: openapi-python-client's client for a body of two types does
+            # not import (its `| Unset` goes unimported). Any other type is taken all the same.
+            "description": "The input: parsed JSON for `application/json`; a body of any other "
+            "Content-Type (an image's bytes, say) is handed to `predict` as the bytes sent",
+            "content": {"application/json": {"schema": {}}},
         }
     },
 )

@@ -2,8 +2,9 @@
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, RootModel
 
 from api.core.schemas import Name, ReadModel, RequestModel
 from shared.enums import ServiceStatus
@@ -74,3 +75,7 @@ class ServiceEventRead(ReadModel):
     to_status: str | None
     reason_code: str | None
     detail: str
+
+
+class Prediction(RootModel[Any]):
+    """What the package's `predict` returned, as JSON: any JSON value (a string comes as text/plain)."""
