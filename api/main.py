@@ -48,9 +48,9 @@ from api.runs.router import router as runs_router
 from api.runs.sweeper import Sweeper
 from api.schedules.firing import ScheduleFiring
 from api.schedules.router import router as schedules_router
-from api.storage.collector import collect_forever
 from api.services.proxy import PredictClient
 from api.services.router import router as services_router
+from api.storage.collector import collect_forever
 from api.telemetry.router import agent_router as telemetry_agent_router
 from api.telemetry.router import router as telemetry_router
 from api.templates.router import router as templates_router
@@ -158,8 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         telemetry_agent_router,
         agent_io_router,
-        agent_direct_router,
         agent_services_router,
+        agent_direct_router,
         projects_router,
         model_types_router,
         machines_router,
