@@ -97,6 +97,7 @@ http {{
     upstream trainyard {{
 {servers}
         keepalive 32;
+        keepalive_timeout 4s;  # below uvicorn's 5 s: nginx never reuses a connection uvicorn closed
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;

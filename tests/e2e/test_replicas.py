@@ -69,6 +69,7 @@ http {{
         server {a} max_fails=1 fail_timeout=10s;
         server {b} max_fails=1 fail_timeout=10s;
         keepalive 16;
+        keepalive_timeout 4s;
     }}
     server {{
         listen 127.0.0.1:{port};
