@@ -148,6 +148,7 @@ COMMIT_OWNERS = {
     "api/access/bootstrap.py": "the start-up's built-in roles and first administrator",
     "api/base_packages/service.py": "trainyard-api migrate's install of the built-in base packages",
     "api/runs/sweeper.py": "the sweeper's sessions, outside any request",
+    "api/services/sweep.py": "the sweeper's service timeouts (a start no agent took, a lost machine)",
     "api/schedules/firing.py": "a schedule's firing, outside any request",
     "api/storage/collector.py": "each removal of the blob collector, outside any request",
     "api/webhooks/dispatch.py": "the webhook dispatcher's claims and outcomes, outside any request",
