@@ -29,10 +29,14 @@ from shared.protocol import (
     PackedPoints,
     RunEvent,
     RunEventReply,
+    ServiceEvent,
+    ServiceEventReply,
     SnapshotUpload,
     StageEvent,
     StartRunPayload,
+    StartServicePayload,
     StopRunPayload,
+    StopServicePayload,
     TelemetryBatch,
     TelemetryLogs,
     TelemetryPoints,
@@ -54,7 +58,9 @@ AGENT_REQUESTS: list[tuple[type[AgentRequest], dict[str, Any]]] = [
     (PackedPoints, {"series": "0000", "step": "0" * 16, "value": "0" * 16, "time": "0" * 16}),
     (TelemetryLogs, {"stream": ["stdout"], "time": [1.7e9], "text": ["epoch 1"]}),
     (TelemetryBatch, {"seq": 1}),
+    (ServiceEvent, {"type": "serving", "address": "http://10.0.0.7:8300"}),
 ]
+SERVICE_ID = uuid.uuid4()
 API_REPLIES: list[tuple[type[ApiReply], dict[str, Any]]] = [
     (GpuInfo, {"index": 0, "name": "NVIDIA A100"}),
     (HelloReply, {"machine": "gpu-01", "stop_runs": []}),
@@ -89,6 +95,21 @@ API_REPLIES: list[tuple[type[ApiReply], dict[str, Any]]] = [
     ),
     (OutputReply, {"kind": "package"}),
     (TelemetryReply, {"acked_through": 1}),
+    (
+        StartServicePayload,
+        {
+            "service_id": str(SERVICE_ID),
+            "project": "invoices",
+            "name": "digits-online",
+            "package": "digits",
+            "version": "1.1",
+            "package_sha256": "c" * 64,
+            "max_run_seconds": 3600,
+            "secret": "s" * 43,
+        },
+    ),
+    (StopServicePayload, {"service_id": str(SERVICE_ID), "reason_code": "user_stop"}),
+    (ServiceEventReply, {"service_id": str(SERVICE_ID), "status": "serving", "stop": False}),
 ]
 
 
