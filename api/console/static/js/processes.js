@@ -4,13 +4,9 @@
 // Elapsed ticks here, from the server's figure, between answers.
 
 import { duration } from "./duration.js";
+import { follow } from "./live.js";
 
 const table = document.getElementById("processes");
-const WAIT_SECONDS = 25;
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function field(tr, name) {
   return tr.querySelector(`[data-field="${name}"]`);
@@ -60,45 +56,11 @@ function apply(row) {
   return true;
 }
 
-async function follow() {
-  let version = table.dataset.version;
-  const url = new URL(table.dataset.state, window.location.href);
-  url.searchParams.set("wait", String(WAIT_SECONDS));
-  let failures = 0;
-  document.getElementById("live-note").hidden = false;
-  for (;;) {
-    let response;
-    try {
-      response = await fetch(url, {
-        headers: { "If-None-Match": version, Accept: "application/json" },
-        cache: "no-store",
-        credentials: "same-origin",
-      });
-    } catch {
-      failures += 1; // the server restarts, the network drops: back off, then ask again
-      await sleep(Math.min(30000, 1000 * 2 ** Math.min(failures, 5)));
-      continue;
-    }
-    if (response.status === 304) {
-      failures = 0;
-      continue;
-    }
-    const type = response.headers.get("content-type") || "";
-    if (!response.ok || !type.includes("json")) {
-      // The session ended (the answer is the Sign in page) or the project went: the page says why.
-      window.location.reload();
-      return;
-    }
-    failures = 0;
-    const body = await response.json();
-    version = response.headers.get("ETag") || version;
-    const shown = table.querySelectorAll("tbody tr").length;
-    const applied = body.rows.filter(apply).length;
-    if (applied !== body.rows.length || shown !== body.rows.length) {
-      window.location.reload(); // a process was made or deleted elsewhere: the table's rows changed
-      return;
-    }
-  }
+// Every row drawn from the answer, and the same rows as the table shows; else a process was made or
+// deleted elsewhere: the table's rows changed, the page is drawn again.
+function applyRows(body) {
+  const shown = table.querySelectorAll("tbody tr").length;
+  return body.rows.filter(apply).length === body.rows.length && shown === body.rows.length;
 }
 
 if (table) {
@@ -106,5 +68,5 @@ if (table) {
     span.dataset.at = String(performance.now());
   }
   setInterval(tick, 1000); // local only: no request
-  follow();
+  follow(table.dataset.state, table.dataset.version, applyRows, () => window.location.reload());
 }

@@ -4,8 +4,8 @@
 // counts down here, from the server's figure, between answers.
 
 import { duration } from "./duration.js";
+import { follow } from "./live.js";
 
-const WAIT_SECONDS = 25;
 // Set once a form is sent: its answer is the next page, which a reload here would cancel (a publish
 // wakes the list's long-poll before its redirect is followed).
 let leaving = false;
@@ -15,10 +15,6 @@ document.addEventListener("submit", (event) => {
 
 function reload() {
   if (!leaving) window.location.reload();
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function setText(root, name, text) {
@@ -107,45 +103,6 @@ function applyService(root, body) {
   return true;
 }
 
-async function follow(root, apply) {
-  let version = root.dataset.version;
-  const url = new URL(root.dataset.state, window.location.href);
-  url.searchParams.set("wait", String(WAIT_SECONDS));
-  let failures = 0;
-  document.getElementById("live-note").hidden = false;
-  for (;;) {
-    let response;
-    try {
-      response = await fetch(url, {
-        headers: { "If-None-Match": version, Accept: "application/json" },
-        cache: "no-store",
-        credentials: "same-origin",
-      });
-    } catch {
-      failures += 1; // the server restarts, the network drops: back off, then ask again
-      await sleep(Math.min(30000, 1000 * 2 ** Math.min(failures, 5)));
-      continue;
-    }
-    if (response.status === 304) {
-      failures = 0;
-      continue;
-    }
-    const type = response.headers.get("content-type") || "";
-    if (!response.ok || !type.includes("json")) {
-      // The session ended or the service was deleted: the page says why.
-      reload();
-      return;
-    }
-    failures = 0;
-    const body = await response.json();
-    version = response.headers.get("ETag") || version;
-    if (!apply(root, body)) {
-      reload();
-      return;
-    }
-  }
-}
-
 const list = document.getElementById("services");
 const page = document.getElementById("service");
 const root = list || page;
@@ -154,5 +111,6 @@ if (root) {
     span.dataset.at = String(performance.now());
   }
   setInterval(() => countDown(root), 1000); // local only: no request
-  follow(root, list ? applyList : applyService);
+  const apply = list ? applyList : applyService;
+  follow(root.dataset.state, root.dataset.version, (body) => apply(root, body), reload);
 }
