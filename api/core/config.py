@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="An S3-compatible server other than AWS (http or https)."
     )
+    # Presigned URLs past what agents use (docs/storage.md): people's downloads answered 307 to the
+    # bucket (needs static AWS_* credentials, and an S3 endpoint people's browsers and clients reach),
+    # and the part size of an agent's direct multipart upload.
+    s3_redirect_downloads: bool = Field(
+        default=True, description="On S3, answer people's downloads 307 to a presigned URL."
+    )
+    direct_upload_part_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="A direct upload past this size goes up in parts of this size (S3: 5 MiB-5 GiB).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     bootstrap_token: SecretStr | None = None

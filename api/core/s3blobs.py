@@ -45,6 +45,7 @@ from api.core.blobs import (
 )
 from api.core.config import Settings
 from api.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from api.core.sigv4 import Presigner
 
 if TYPE_CHECKING:
     from obstore import GetResult, ObjectMeta  # in the type stubs only
@@ -63,9 +64,15 @@ _CONNECT_TIMEOUT = timedelta(seconds=10)
 
 
 class S3BlobStore(BlobStore):
-    def __init__(self, store: S3Store, temp_dir: Path) -> None:
+    def __init__(
+        self, store: S3Store, temp_dir: Path, *, presigner: Presigner | None = None, prefix: str = ""
+    ) -> None:
         self.store = store
         self.temp_dir = temp_dir
+        # Our own SigV4 signer (api/core/sigv4.py) for what obstore's cannot sign; None without static
+        # credentials in the environment. `prefix` is the store's prefix, for the whole keys it signs.
+        self.presigner = presigner
+        self.prefix = prefix.strip("/")
         temp_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -87,7 +94,12 @@ class S3BlobStore(BlobStore):
             },
             retry_config={"max_retries": _RETRIES, "retry_timeout": _RETRY_TIMEOUT},
         )
-        return cls(store, settings.blob_folder / "tmp")
+        presigner = Presigner.from_environment(endpoint, bucket)
+        return cls(store, settings.blob_folder / "tmp", presigner=presigner, prefix=prefix)
+
+    def whole_key(self, key: str) -> str:
+        """A key of the store (`key_of`, `incoming_key`) as the bucket knows it: under the prefix."""
+        return f"{self.prefix}/{key}" if self.prefix else key
 
     @staticmethod
     def key_of(sha256: str) -> str:
