@@ -45,6 +45,7 @@ from api.core.blobs import (
 )
 from api.core.config import Settings
 from api.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from api.core.s3multipart import MAX_COPY_BYTES, Multipart
 from api.core.sigv4 import Presigner
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ _CONNECT_TIMEOUT = timedelta(seconds=10)
 
 
 class S3BlobStore(BlobStore):
+    # An adopted upload past this is copied in parts of this size (S3's `CopyObject` stops at 5 GiB);
+    # tests lower it to run the path on megabytes.
+    copy_part_bytes = MAX_COPY_BYTES
+
     def __init__(
         self, store: S3Store, temp_dir: Path, *, presigner: Presigner | None = None, prefix: str = ""
     ) -> None:
@@ -193,6 +198,11 @@ class S3BlobStore(BlobStore):
             raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
         return await obstore.sign_async(self.store, "PUT", key, expires)
 
+    def multipart(self) -> Multipart | None:
+        """The multipart calls obstore does not make (api/core/s3multipart.py); None without our own
+        signer (no static credentials): then an upload goes up in one `PUT` or through the API."""
+        return None if self.presigner is None else Multipart(self.presigner)
+
     async def adopt_upload(self, key: str, sha256: str, size: int, copy_to: Path | None = None) -> StoredBlob:
         """Move the object an agent sent to `key` under its hash, checked: its size by a HEAD, then its
         content by reading it once from the blob's key, which only the API writes (so the agent's URL,
@@ -212,8 +222,14 @@ class S3BlobStore(BlobStore):
             if await self._head_size(target) is not None:
                 created = False  # stored meanwhile by another upload: the API's copy is the one kept
             else:
-                with _unavailable_on_failure():
-                    await obstore.copy_async(self.store, key, target)
+                multipart = self.multipart()
+                if found > self.copy_part_bytes and multipart is not None:
+                    await multipart.copy(
+                        self.whole_key(key), self.whole_key(target), found, part_bytes=self.copy_part_bytes
+                    )
+                else:
+                    with _unavailable_on_failure():
+                        await obstore.copy_async(self.store, key, target)
                 created = True
         finally:
             with _unavailable_on_failure():

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared import protocol
+from shared import direct_blobs, protocol
+from shared.direct_blobs import BlobReference, UploadTicket
 from shared.enums import CommandKind, CommandState, ReasonCode, RunStatus
 from shared.protocol import (
     ERROR_TAIL_MAX_CHARS,
@@ -59,6 +60,9 @@ AGENT_REQUESTS: list[tuple[type[AgentRequest], dict[str, Any]]] = [
     (TelemetryLogs, {"stream": ["stdout"], "time": [1.7e9], "text": ["epoch 1"]}),
     (TelemetryBatch, {"seq": 1}),
     (ServiceEvent, {"type": "serving", "address": "http://10.0.0.7:8300"}),
+    (BlobReference, {"sha256": "d" * 64, "size": 1}),
+    # The report of an upload sent in parts: its upload id and each part's ETag, in order.
+    (BlobReference, {"sha256": "d" * 64, "size": 12, "upload_id": "u-1", "etags": ['"e1"', '"e2"']}),
 ]
 SERVICE_ID = uuid.uuid4()
 API_REPLIES: list[tuple[type[ApiReply], dict[str, Any]]] = [
@@ -110,13 +114,25 @@ API_REPLIES: list[tuple[type[ApiReply], dict[str, Any]]] = [
     ),
     (StopServicePayload, {"service_id": str(SERVICE_ID), "reason_code": "user_stop"}),
     (ServiceEventReply, {"service_id": str(SERVICE_ID), "status": "serving", "stop": False}),
+    (UploadTicket, {"stored": False, "url": "https://s3/b/k?X-Amz-Signature=0", "expires_in": 900}),
+    (
+        UploadTicket,
+        {
+            "stored": False,
+            "expires_in": 3600,
+            "upload_id": "u-1",
+            "part_bytes": 5 * 1024**2,
+            "parts": ["https://s3/b/k?partNumber=1&uploadId=u-1", "https://s3/b/k?partNumber=2&uploadId=u-1"],
+        },
+    ),
 ]
 
 
 def _wire_models(base: type[BaseModel]) -> set[type[BaseModel]]:
     return {
         value
-        for value in vars(protocol).values()
+        for module in (protocol, direct_blobs)
+        for value in vars(module).values()
         if inspect.isclass(value) and issubclass(value, base) and value is not base
     }
 
