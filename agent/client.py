@@ -63,6 +63,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Worth another attempt: the request may not have reached the API, or its answer was lost.
 RETRIED_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _COMMANDS = TypeAdapter(list[Command])
+# A direct upload in parts (docs/storage.md): two parts on the wire at a time (a part is read from the
+# file a chunk at a time as it goes, so memory stays a few chunks), each tried this often on its own.
+PARTS_IN_FLIGHT = 2
+PART_ATTEMPTS = 4
 # The refusal of an upload whose stored content the API's collector removed meanwhile: send it again.
 BLOB_GONE = "blob_gone"
 
@@ -178,6 +182,15 @@ async def _check(response: httpx.Response, policy: RetryPolicy) -> None:
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     async with await anyio.open_file(path, "rb") as file:
         while chunk := await file.read(CHUNK_BYTES):
+            yield chunk
+
+
+async def _file_range(path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
+    """`length` bytes of `path` from `offset`, a chunk at a time."""
+    async with await anyio.open_file(path, "rb") as file:
+        await file.seek(offset)
+        while length > 0 and (chunk := await file.read(min(CHUNK_BYTES, length))):
+            length -= len(chunk)
             yield chunk
 
 
@@ -479,9 +492,13 @@ class ApiClient:
             reference = BlobReference(sha256=sha256, size=size)
 
         async def once(policy: RetryPolicy) -> OutputReply:
-            if reference is not None and await self._send_direct(run_id, source, reference, policy):
+            sent = None if reference is None else await self._send_direct(run_id, source, reference, policy)
+            if sent is not None:
+                # Fields left unset are left out: an API of before forbids the ones it does not know.
                 response = await self._http.put(
-                    path, content=reference.model_dump_json(), headers={"Content-Type": BLOB_REFERENCE_TYPE}
+                    path,
+                    content=sent.model_dump_json(exclude_none=True),
+                    headers={"Content-Type": BLOB_REFERENCE_TYPE},
                 )
                 await _check(response, policy)
                 return OutputReply.model_validate_json(response.content)
@@ -498,18 +515,23 @@ class ApiClient:
 
     async def _send_direct(
         self, run_id: uuid.UUID, source: Path, reference: BlobReference, policy: RetryPolicy
-    ) -> bool:
-        """Put `source` in the blob store past the API when the API offers it (docs/storage.md):
-        True when it is there (already, or sent now), False to send it through the API instead."""
+    ) -> BlobReference | None:
+        """Put `source` in the blob store past the API when the API offers it (docs/storage.md): the
+        reference to report when it is there (already, or sent now: in parts, with their ETags), None
+        to send it through the API instead."""
         response = await self._http.post(
-            f"/runs/{run_id}/outputs/uploads", json=reference.model_dump(mode="json")
+            f"/runs/{run_id}/outputs/uploads", json=reference.model_dump(mode="json", exclude_none=True)
         )
         await _check(response, policy)
         ticket = UploadTicket.model_validate_json(response.content)
         if ticket.stored:
-            return True
+            return reference
+        if ticket.parts and ticket.upload_id and ticket.part_bytes:
+            etags = await self._send_parts(source, reference.size, ticket.parts, ticket.part_bytes, policy)
+            logger.debug("PUT %s: sent to the blob store in %d parts", source.name, len(etags))
+            return reference.model_copy(update={"upload_id": ticket.upload_id, "etags": etags})
         if ticket.url is None:
-            return False
+            return None
         sent = await self._direct.put(
             ticket.url,
             content=_file_chunks(source),
@@ -517,7 +539,52 @@ class ApiClient:
         )
         await _check_store(sent, policy, f"PUT {source.name}")
         logger.debug("PUT %s: sent to the blob store directly (%d bytes)", source.name, reference.size)
-        return True
+        return reference
+
+    async def _send_parts(
+        self, source: Path, size: int, urls: list[str], part_bytes: int, policy: RetryPolicy
+    ) -> list[str]:
+        """Each part of `source` to its URL, `PARTS_IN_FLIGHT` at a time, each read from the file as it
+        goes (never a whole part in memory); the ETags the store answered, in order. A part is tried
+        `PART_ATTEMPTS` times on a network error or a 5xx; past that the whole upload is tried again
+        with a new ticket (the parts sent are left to the API's collector), as a single PUT is."""
+        if not (len(urls) - 1) * part_bytes < size <= len(urls) * part_bytes:
+            raise ApiRejected(
+                200, "bad_ticket", f"{len(urls)} parts of {part_bytes} bytes do not hold {size}"
+            )
+        etags = [""] * len(urls)
+        limiter = anyio.CapacityLimiter(PARTS_IN_FLIGHT)
+
+        async def send(index: int, url: str) -> None:
+            offset = index * part_bytes
+            length = min(part_bytes, size - offset)
+            what = f"PUT {source.name} part {index + 1}"
+
+            async def once(_: RetryPolicy) -> str:
+                sent = await self._direct.put(
+                    url, content=_file_range(source, offset, length), headers={"Content-Length": str(length)}
+                )
+                await _check_store(sent, policy, what)
+                etag = sent.headers.get("etag")
+                if not etag:
+                    raise ApiRejected(
+                        sent.status_code, "blob_store_refused", f"{what}: no ETag in the answer"
+                    )
+                return str(etag)
+
+            async with limiter:
+                try:
+                    etags[index] = await self._retrying(what, once, policy.limited(attempts=PART_ATTEMPTS))
+                except ApiUnavailable as error:
+                    raise _Retry(503, None) from error
+
+        try:
+            async with anyio.create_task_group() as group:
+                for index, url in enumerate(urls):
+                    group.start_soon(send, index, url)
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first part that failed: the others were cancelled
+        return etags
 
     async def upload_package(
         self,
