@@ -14,13 +14,17 @@ from api.console.nav import nav_links
 from api.console.session import ConsoleSession
 from api.console.static_files import STATIC_PATH as STATIC_PATH  # docs.py links the stable URL
 from api.console.static_files import versioned_static_path
+from api.core.blobs import BlobStore
+from api.core.config import Settings
 
 HERE = Path(__file__).resolve().parent
-# No inline script or style anywhere: every script and stylesheet is a file of this origin.
-CONSOLE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+# No inline script or style anywhere: every script and stylesheet is a file of this origin. Images
+# also come from the S3 endpoint where people's downloads are redirected there (`console_csp`).
+CONSOLE_CSP_TEMPLATE = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'{images} data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+CONSOLE_CSP = CONSOLE_CSP_TEMPLATE.format(images="")
 templates = Jinja2Templates(
     env=Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -46,6 +50,16 @@ def secure(response: Response, csp: str = CONSOLE_CSP) -> Response:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
     return response
+
+
+def console_csp(request: Request) -> str:
+    """The pages' policy: a badcase image redirected to a presigned URL (`blob_response`) loads from
+    the S3 endpoint's origin, so `img-src` names that one origin, and only while redirects are on
+    and the store gives URLs. No script fetches a download: `connect-src` stays 'self'."""
+    settings: Settings = request.app.state.settings
+    blobs: BlobStore = request.app.state.blobs
+    origin = blobs.download_origin() if settings.s3_redirect_downloads else None
+    return CONSOLE_CSP_TEMPLATE.format(images=f" {origin}" if origin else "")
 
 
 def translator(request: Request) -> Translator:
@@ -78,7 +92,7 @@ def render(
     project = values["project"]
     values.setdefault("nav", nav_links(project.name if project is not None else None))
     response = templates.TemplateResponse(request, name, values, status_code=status_code)
-    secure(response)
+    secure(response, console_csp(request))
     return response
 
 

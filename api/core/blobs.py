@@ -203,6 +203,20 @@ class BlobStore(Protocol):
         has no such thing (the local folder). Nothing is checked: the blob may not exist."""
         ...
 
+    async def download_url(
+        self, sha256: str, expires: timedelta, *, filename: str, media_type: str
+    ) -> str | None:
+        """A URL that lets a person's client read this one blob without the API for `expires`, the
+        answer naming it `filename` (`attachment`) in `media_type`; None when the store has none (the
+        local folder, an S3 store without static credentials). Nothing is checked: the blob may not
+        exist."""
+        ...
+
+    def download_origin(self) -> str | None:
+        """The origin (`scheme://host[:port]`) of the URLs `download_url` gives, for a page's
+        Content-Security-Policy; None when it gives none."""
+        ...
+
     def cleanup_temp(self, older_than_seconds: float) -> int:
         """Remove scratch files a crash left behind; returns how many. Run it at start-up.
 
@@ -278,6 +292,13 @@ class LocalBlobStore(BlobStore):
     async def url_for(self, sha256: str, expires: timedelta) -> None:
         check_sha256(sha256)
         return None  # a folder has no URL of its own: the API serves it
+
+    async def download_url(self, sha256: str, expires: timedelta, *, filename: str, media_type: str) -> None:
+        check_sha256(sha256)
+        return None
+
+    def download_origin(self) -> None:
+        return None
 
     def temp_file(self) -> AbstractContextManager[Path]:
         return scratch_file(self.temp_dir)

@@ -1,10 +1,13 @@
 """Download responses: a blob streamed under its sha256 as `ETag`, and a scratch file removed after.
 
 Every download of the API goes through here: packages, dataset files, artifacts, the agent's inputs.
+People's downloads from an S3 store are answered 307 to a presigned GET instead (docs/storage.md,
+"Downloads to people"); the agent's routes have their own redirect (api/agent_routes/direct.py).
 """
 
 import mimetypes
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,6 +18,16 @@ from starlette.types import Receive, Scope, Send
 from api.core.blobs import CHUNK_BYTES, BlobStore
 
 OCTET_STREAM = "application/octet-stream"
+# A person's client follows a redirect at once; S3 checks the expiry when a request starts, so a long
+# download that began in time runs to its end.
+DOWNLOAD_URL_LIFETIME = timedelta(minutes=5)
+# The one OpenAPI entry of a people's download route for its redirect.
+REDIRECT_RESPONSE: dict[int | str, dict[str, object]] = {
+    307: {
+        "description": "On an S3 store: the file is at `Location`, a presigned URL valid for minutes "
+        "(follow it without the token); ETag = sha256"
+    }
+}
 
 
 def media_type_of(path: str) -> str:
@@ -61,10 +74,22 @@ async def blob_response(
     if_none_match: str | None,
     *,
     filename: str,
+    redirect: bool = False,
 ) -> Response:
-    """The blob streamed as an attachment named `filename`, or 304 when the client holds it already."""
+    """The blob streamed as an attachment named `filename`, or 304 when the client holds it already.
+
+    With `redirect` (a person's download, `settings.s3_redirect_downloads`), a store that has URLs
+    answers 307 to a presigned GET that makes S3 send the same `Content-Disposition` and type. The
+    caller has checked the permission already; the URL is for this one blob and lives minutes."""
     if etag_matches(if_none_match, sha256):
         return not_modified(sha256)
+    if redirect:
+        url = await blobs.download_url(
+            sha256, DOWNLOAD_URL_LIFETIME, filename=filename, media_type=media_type
+        )
+        if url is not None:
+            headers = {"Location": url, "ETag": etag_of(sha256), "Cache-Control": "private, no-store"}
+            return Response(status_code=307, headers=headers)
     chunks = await blobs.open(sha256)  # 404 `blob_not_found` now, before the status is sent
     headers = {
         "ETag": etag_of(sha256),

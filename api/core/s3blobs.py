@@ -19,7 +19,8 @@ holding an object in memory, multipart and presigning built in; docs/storage.md 
 import hashlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -44,6 +45,7 @@ from api.core.blobs import (
     verified,
 )
 from api.core.config import Settings
+from api.core.downloads import attachment
 from api.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from api.core.s3multipart import MAX_COPY_BYTES, Multipart
 from api.core.sigv4 import Presigner
@@ -62,6 +64,15 @@ MAX_URL_LIFETIME = timedelta(days=7)
 _RETRIES = 4
 _RETRY_TIMEOUT = timedelta(seconds=60)
 _CONNECT_TIMEOUT = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class IncomingObject:
+    """An object of a direct upload, under `incoming/`: its key under the store's prefix."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class S3BlobStore(BlobStore):
@@ -180,6 +191,28 @@ class S3BlobStore(BlobStore):
             raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
         return await obstore.sign_async(self.store, "GET", self.key_of(sha256), expires)
 
+    async def download_url(
+        self, sha256: str, expires: timedelta, *, filename: str, media_type: str
+    ) -> str | None:
+        """A presigned GET of this one object for a person's download, signed by our own signer
+        (obstore's cannot sign `response-*`): S3 answers it with `Content-Disposition: attachment`
+        naming `filename` (RFC 6266, as the API's own answer) and `Content-Type: media_type`, and
+        refuses it once `expires` has passed, for another key, or with those parameters changed.
+        None without static credentials (no signer): the API streams the download then."""
+        check_sha256(sha256)
+        if self.presigner is None:
+            return None
+        if not MIN_URL_LIFETIME <= expires <= MAX_URL_LIFETIME:
+            raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
+        query = {"response-content-disposition": attachment(filename), "response-content-type": media_type}
+        return self.presigner.url("GET", self.whole_key(self.key_of(sha256)), expires, query=query)
+
+    def download_origin(self) -> str | None:
+        if self.presigner is None:
+            return None
+        scheme, _, rest = self.presigner.endpoint.partition("://")
+        return f"{scheme}://{rest.partition('/')[0]}"
+
     # Direct uploads (docs/storage.md, "Presigned URLs"): an agent PUTs an output to a key of its own
     # upload, never to a blob's key, and the API moves it under its hash once checked.
 
@@ -197,6 +230,26 @@ class S3BlobStore(BlobStore):
         if not MIN_URL_LIFETIME <= expires <= MAX_URL_LIFETIME:
             raise ValueError(f"a presigned URL lives {MIN_URL_LIFETIME} to {MAX_URL_LIFETIME}")
         return await obstore.sign_async(self.store, "PUT", key, expires)
+
+    async def incoming(self) -> AsyncIterator[list[IncomingObject]]:
+        """The objects under `incoming/` (direct uploads not yet adopted), a page at a time."""
+        with _unavailable_on_failure():
+            async for page in obstore.list(self.store, "incoming/", chunk_size=1000):
+                yield [IncomingObject(meta["path"], meta["size"], meta["last_modified"]) for meta in page]
+
+    async def incoming_info(self, key: str) -> "IncomingObject | None":
+        _check_incoming(key)
+        with _unavailable_on_failure():
+            try:
+                meta = await obstore.head_async(self.store, key)
+            except FileNotFoundError:
+                return None
+        return IncomingObject(key, meta["size"], meta["last_modified"])
+
+    async def delete_incoming(self, key: str) -> None:
+        _check_incoming(key)
+        with _unavailable_on_failure():
+            await obstore.delete_async(self.store, key)
 
     def multipart(self) -> Multipart | None:
         """The multipart calls obstore does not make (api/core/s3multipart.py); None without our own
@@ -320,6 +373,11 @@ def _unavailable_on_failure() -> Iterator[None]:
         raise ServiceUnavailable(
             f"the blob store failed: {type(error).__name__}", code="blob_store_unavailable"
         ) from error
+
+
+def _check_incoming(key: str) -> None:
+    if not key.startswith("incoming/") or ".." in key.split("/"):
+        raise ValueError(f"{key} is not under incoming/")
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

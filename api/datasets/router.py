@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
 from api.core.downloads import (
+    REDIRECT_RESPONSE,
     ScratchFileResponse,
     attachment,
     blob_response,
@@ -172,7 +173,11 @@ async def list_files(
     "/{dataset}/versions/{version}/files/{path:path}",
     operation_id="datasets_files_download",
     response_class=StreamingResponse,
-    responses={**error_responses(409), **_binary("application/octet-stream", "The file's content.")},
+    responses={
+        **error_responses(409),
+        **_binary("application/octet-stream", "The file's content."),
+        **REDIRECT_RESPONSE,
+    },
 )
 async def download_file(
     project: str,
@@ -181,6 +186,7 @@ async def download_file(
     path: str,
     session: SessionDep,
     blobs: BlobsDep,
+    settings: SettingsDep,
     _: Viewer,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
@@ -191,7 +197,13 @@ async def download_file(
     resolved = await service.resolve_version(session, found, version, lock=False)
     file = await service.get_file(session, resolved, unicodedata.normalize("NFC", path))
     return await blob_response(
-        blobs, file.sha256, file.size, media_type_of(file.path), if_none_match, filename=file.path
+        blobs,
+        file.sha256,
+        file.size,
+        media_type_of(file.path),
+        if_none_match,
+        filename=file.path,
+        redirect=settings.s3_redirect_downloads,
     )
 
 

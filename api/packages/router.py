@@ -6,7 +6,7 @@ from fastapi.responses import StreamingResponse
 from api.base_packages import service as base_packages
 from api.core.db import SessionDep
 from api.core.deps import BlobsDep, SettingsDep
-from api.core.downloads import blob_response
+from api.core.downloads import REDIRECT_RESPONSE, blob_response
 from api.core.errors import InvalidInput, error_responses
 from api.core.schemas import Page, PageDep
 from api.core.security import Permission, Principal, requires
@@ -124,10 +124,13 @@ async def get_version(target: ViewedVersion, session: SessionDep) -> PackageVers
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/zip": {}}, "description": "The package zip; ETag = sha256"},
+        **REDIRECT_RESPONSE,
         304: {"description": "If-None-Match matched"},
     },
 )
-async def download_version(target: ViewedVersion, request: Request, blobs: BlobsDep) -> Response:
+async def download_version(
+    target: ViewedVersion, request: Request, blobs: BlobsDep, settings: SettingsDep
+) -> Response:
     stored = target.version
     return await blob_response(
         blobs,
@@ -136,6 +139,7 @@ async def download_version(target: ViewedVersion, request: Request, blobs: Blobs
         "application/zip",
         request.headers.get("if-none-match"),
         filename=f"{target.package.name}-{Version(stored.major, stored.minor)}.zip",
+        redirect=settings.s3_redirect_downloads,
     )
 
 

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from api.core.db import SessionDep
-from api.core.deps import BlobsDep
-from api.core.downloads import blob_response, media_type_of
+from api.core.deps import BlobsDep, SettingsDep
+from api.core.downloads import REDIRECT_RESPONSE, blob_response, media_type_of
 from api.core.errors import NotFound, error_responses
 from api.core.security import Permission, Principal, requires
 from api.projects.service import get_project
@@ -49,7 +49,10 @@ async def list_artifacts(target: ViewedRun, session: SessionDep) -> list[Artifac
 @router.get(
     "/artifacts/{path:path}",
     operation_id="runs_artifacts_download",
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "ETag = sha256"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "ETag = sha256"},
+        **REDIRECT_RESPONSE,
+    },
 )
 async def download_artifact(
     project: str,
@@ -58,6 +61,7 @@ async def download_artifact(
     request: Request,
     session: SessionDep,
     blobs: BlobsDep,
+    settings: SettingsDep,
     _: RunViewer,
 ) -> Response:
     # `project` and `run_id` are declared here, before `path`, so that the document lists them in
@@ -72,6 +76,7 @@ async def download_artifact(
         media_type_of(path),
         request.headers.get("if-none-match"),
         filename=path,
+        redirect=settings.s3_redirect_downloads,
     )
 
 

@@ -66,6 +66,7 @@ def settings(
         sweep_interval=3600,
         blob_gc_grace_seconds=GRACE,
         blob_gc_interval_seconds=0,
+        s3_redirect_downloads=False,  # downloads streamed, as on the local store: the bytes read here
         **fields,  # type: ignore[arg-type]
     )
 

@@ -312,14 +312,19 @@ async def test_packages_and_datasets_land_in_s3(
     package = zip_bytes(valid_package())
     version = ok(await upload_package(client, PROJECT, "digits", package), 201)
     assert version["sha256"] == sha(package)
+    # People's downloads answer 307 to a presigned GET (tests/api/test_download_redirects.py).
     download = await client.get(f"{versions_path(PROJECT, 'digits')}/1.0/download")
-    assert download.status_code == 200 and download.content == package
+    assert download.status_code == 307
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(download.headers["location"])).content == package
 
     files = {"cat.png": b"\x89PNG cat", "dog.png": b"\x89PNG dog", "labels.csv": b"cat,1\ndog,2\n"}
     parts = [("files", (name, content, "application/octet-stream")) for name, content in files.items()]
     ok(await client.post(f"/projects/{PROJECT}/datasets/pets/versions", files=parts), 201)
     one = await client.get(f"/projects/{PROJECT}/datasets/pets/versions/1/files/dog.png")
-    assert one.status_code == 200 and one.content == files["dog.png"]
+    assert one.status_code == 307
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(one.headers["location"])).content == files["dog.png"]
 
     stored = keys_under(s3_server, prefix)
     assert {key.rpartition("/")[2] for key in stored} == {sha(package)} | {sha(c) for c in files.values()}

@@ -90,7 +90,11 @@ async def test_an_agent_on_s3_fetches_and_sends_past_the_api(
         assert direct[("POST", "/outputs/uploads", "200")] == 2, direct
         assert direct[("PUT", "/outputs/package", "200")] == 1, direct
         assert direct[("PUT", "/outputs/artifacts/{path:path}", "200")] == 1, direct
-        trained = await s.admin.get(f"/projects/{PROJECT}/packages/p1/versions/1.1/download")
+        # A person's download: 307 to S3, followed (the token is not sent there).
+        trained = await s.admin.get(
+            f"/projects/{PROJECT}/packages/p1/versions/1.1/download", follow_redirects=True
+        )
+        assert [r.status_code for r in trained.history] == [307]
         assert trained.status_code == 200, trained.text
         assert "model.txt" in zipfile.ZipFile(io.BytesIO(trained.content)).namelist()
         agent.stop()

@@ -12,6 +12,7 @@ from api.console.common import InProject, refuse
 from api.console.nav import project_url
 from api.console.session import ConsoleSession
 from api.core.blobs import BlobStore
+from api.core.config import Settings
 from api.core.downloads import OCTET_STREAM, blob_response
 from api.core.errors import Forbidden, NotFound
 from api.core.security import Permission, visible_project_id
@@ -81,11 +82,23 @@ async def file_response(
 ) -> Response:
     """A stored file streamed as the REST downloads stream it (ETag, `attachment`, nosniff), with a
     Content-Type that cannot run: a raster image type when `image` allows it, else `media_type` (a zip,
-    or bytes)."""
+    or bytes).
+
+    On S3 with redirects on, a 307 to a presigned GET instead, whose answer carries the same
+    `attachment` and type (an <img> shows an `attachment` image all the same; opened in a tab it is
+    saved, or shown as an image, on the bucket's origin, never the console's). S3 sends neither
+    `nosniff` nor this CSP: the forced type (a raster image, a zip or bytes) is what keeps it inert."""
     if image:
         media_type = SAFE_IMAGES.get("." + path.rpartition(".")[2].lower(), OCTET_STREAM)
+    settings: Settings = request.app.state.settings
     response = await blob_response(
-        blobs, sha256, size, media_type, request.headers.get("if-none-match"), filename=path
+        blobs,
+        sha256,
+        size,
+        media_type,
+        request.headers.get("if-none-match"),
+        filename=path,
+        redirect=settings.s3_redirect_downloads,
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = FILE_CSP

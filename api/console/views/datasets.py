@@ -304,6 +304,7 @@ async def download_file(
     request: Request,
     session: SessionDep,
     blobs: BlobsDep,
+    settings: SettingsDep,
     where: ProjectPage,
     dataset: str,
     version: str,
@@ -324,6 +325,7 @@ async def download_file(
         media_type_of(file.path),
         request.headers.get("if-none-match"),
         filename=file.path,
+        redirect=settings.s3_redirect_downloads,
     )
 
 

@@ -228,7 +228,13 @@ async def _version_page(
 
 @router.get("/projects/{project}/packages/{package}/versions/{version}/download")
 async def download_version(
-    request: Request, session: SessionDep, blobs: BlobsDep, where: ProjectPage, package: str, version: str
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    where: ProjectPage,
+    package: str,
+    version: str,
 ) -> Response:
     """The zip, as `GET .../versions/{version}/download` streams it (ETag = its sha256)."""
     require(request, where, Permission.PACKAGES_VIEW)
@@ -241,6 +247,7 @@ async def download_version(
         "application/zip",
         request.headers.get("if-none-match"),
         filename=f"{found.name}-{Version(stored.major, stored.minor)}.zip",
+        redirect=settings.s3_redirect_downloads,
     )
 
 
