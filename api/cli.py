@@ -169,7 +169,12 @@ def _collect(settings: Settings, *, dry_run: bool) -> int:
     for blob in report.removed:
         print(f"{verb} {blob.sha256} {blob.size} bytes ({blob.why})")
     freed = "would be freed" if dry_run else "freed"
+    for left in report.leftovers:  # what agents' direct uploads left under incoming/ (on S3)
+        size = "" if left.size is None else f" {left.size} bytes"
+        print(f"{verb} {left.key}{size} ({left.why})")
     print(f"trainyard-api: {verb} {len(report.removed)} blobs, {report.bytes_freed} bytes {freed}")
+    if report.leftovers:
+        print(f"trainyard-api: {verb} {len(report.leftovers)} leftovers of direct uploads")
     return 0
 
 

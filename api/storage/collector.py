@@ -9,6 +9,11 @@ A pass, on one API process at a time (the sweeps' kind of claim, a lock of its o
    found by listing the store; each is claimed by inserting its row, so an upload recording that
    content meanwhile waits for the pass and then finds it gone (`record_blobs`: 409 `blob_gone`).
 
+3. on S3, what agents' direct uploads left under `incoming/` (docs/storage.md, "Presigned URLs"): an
+   object older than the grace period (sent, never reported: the agent died or gave up), and a
+   multipart upload initiated before it (never completed; its parts are stored and billed until it is
+   aborted). A local store takes no direct upload and has no such area.
+
 The grace period covers an upload between its put and its record (a row of content already stored is
 refreshed by `record_blobs`, so a reuse starts it again). Correctness never rests on the claim: two
 passes at once each delete a row or an object once, under the same conditions.
@@ -27,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.core.blobs import BlobInfo, BlobStore
 from api.core.repository import dialect_insert
+from api.core.s3blobs import S3BlobStore
 from api.models import Base, Blob
 from api.models.base import utcnow
 from api.runs.sweeper import SweepClaim
@@ -49,10 +55,18 @@ class Collected:
     why: Literal["unreferenced", "orphan"]  # a row nothing refers to | an object with no row
 
 
+@dataclass(frozen=True)
+class Leftover:
+    key: str  # under the store's prefix: incoming/<run id>/<sha256>
+    size: int | None  # None for a multipart upload: its parts are not listed
+    why: Literal["upload", "multipart"]  # an object never reported | a multipart upload never completed
+
+
 @dataclass
 class CollectionReport:
     dry_run: bool
     removed: list[Collected] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
 
     @property
     def bytes_freed(self) -> int:
@@ -90,11 +104,42 @@ class BlobCollector:
         report = CollectionReport(dry_run)
         await self._unreferenced_rows(cutoff, report)
         await self._orphan_objects(cutoff, report)
+        if isinstance(self._store, S3BlobStore):
+            await self._incoming(self._store, cutoff, report)
         if report.removed and not dry_run:
             logger.info(
                 "the blob collector removed %d blobs, %d bytes", len(report.removed), report.bytes_freed
             )
+        if report.leftovers and not dry_run:
+            logger.info("the blob collector removed %d leftovers of direct uploads", len(report.leftovers))
         return report
+
+    async def _incoming(self, store: S3BlobStore, cutoff: datetime, report: CollectionReport) -> None:
+        """Objects under `incoming/` older than the grace period (looked at again before the delete: a
+        retry of the upload may have written the key anew), then the multipart uploads under it
+        initiated before it. Nothing outside `incoming/` is listed, let alone touched."""
+        async for page in store.incoming():
+            for found in page:
+                if found.modified >= cutoff:
+                    continue
+                if not report.dry_run:
+                    now = await store.incoming_info(found.key)
+                    if now is None or now.modified >= cutoff:
+                        continue
+                    await store.delete_incoming(found.key)
+                report.leftovers.append(Leftover(found.key, found.size, "upload"))
+        multipart = store.multipart()
+        if multipart is None:  # no signer of our own: no upload in parts was handed out either
+            return
+        prefix = store.whole_key("incoming/")
+        async for uploads in multipart.pending(prefix):
+            for upload in uploads:
+                if upload.initiated >= cutoff or not upload.key.startswith(prefix):
+                    continue
+                if not report.dry_run:
+                    await multipart.abort(upload.key, upload.upload_id)
+                key = upload.key.removeprefix(store.whole_key(""))
+                report.leftovers.append(Leftover(key, None, "multipart"))
 
     async def _unreferenced_rows(self, cutoff: datetime, report: CollectionReport) -> None:
         after = ""
