@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import output, upload
+from cli import download, output, upload
 from cli.client import segment
 from cli.commands._listing import listed
 from cli.options import JsonOpt, LimitOpt, ProjectOpt, api, project
@@ -135,6 +135,23 @@ def packages_upload(
         output.print_json(made)
     else:
         output.out.print(output.text(f"Uploaded {made['package']} {made['version']}."))
+
+
+@packages.command("download")
+def packages_download(
+    name: str,
+    version: str,
+    output_path: download.OutputOpt = None,
+    project_name: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Save a version's zip (NAME-VERSION.zip), checked against its sha256."""
+    base = f"{_base(project_name, 'packages')}/{segment(name)}/versions/{segment(version)}"
+    with api() as client:
+        found = client.get(base)  # the file is named by the version as the API writes it
+        destination = download.target(output_path, f"{found['package']}-{found['version']}.zip")
+        saved = download.save(client, f"{base}/download", destination, quiet=as_json)
+    download.report(saved, as_json)
 
 
 # --- datasets

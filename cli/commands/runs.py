@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from cli import output
+from cli import download, output
 from cli.client import Patience, segment
 from cli.commands._listing import listed
 from cli.errors import ApiError, Unreachable
@@ -81,6 +81,27 @@ def runs_show(run_id: RunArg, project_name: ProjectOpt = None, as_json: JsonOpt 
         output.print_json(found)
     else:
         output.fields(_fields(found))
+
+
+@runs.command("artifact")
+def runs_artifact(
+    run_id: RunArg,
+    path: Annotated[
+        str, typer.Argument(help="The file's path in the run's artifacts folder (plots/curve.csv).")
+    ],
+    output_path: download.OutputOpt = None,
+    project_name: ProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Save a file the run wrote into its artifacts folder, checked against its sha256."""
+    route = f"/projects/{segment(project(project_name))}/runs/{segment(run_id)}/artifacts/"
+    route += "/".join(segment(part) for part in path.split("/"))
+    # The file's own name, here: no folder of the run's, nothing a shell or a filesystem reads as a path.
+    name = "".join(c for c in path.rpartition("/")[2] if c.isprintable() and c not in "\\:")
+    name = name if name not in ("", ".", "..") else "artifact"
+    with api() as client:
+        saved = download.save(client, route, download.target(output_path, name), quiet=as_json)
+    download.report(saved, as_json)
 
 
 @runs.command("follow")
