@@ -24,6 +24,7 @@ from api.agent_routes.direct import MAX_UPLOAD_PARTS, part_size, parts_lifetime
 from api.core.config import Settings
 from api.core.s3blobs import MAX_URL_LIFETIME, S3BlobStore
 from api.core.s3multipart import PendingUpload
+from api.core.sigv4 import Credentials, Presigner
 from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_direct_blobs import DIRECT, by_reference, prefix_of, running, sha
 from tests.api.world import agent_client, make_world, ok, problem
@@ -268,3 +269,30 @@ def test_parts_stay_at_most_a_thousand_and_their_urls_outlive_a_slow_upload() ->
     assert parts_lifetime(12 * MIB).total_seconds() >= 15 * 60
     assert parts_lifetime(big).total_seconds() >= big / (2 * MIB)
     assert parts_lifetime(5 * 1024**4) == MAX_URL_LIFETIME
+
+
+async def test_what_s3_refuses_the_api_is_503_and_records_nothing(
+    client: AsyncClient, app: FastAPI, settings: Settings, s3: httpx.AsyncClient
+) -> None:
+    store = store_of(app)
+    signer = store.presigner
+    assert signer is not None
+    world = await make_world(client)
+    weights = os.urandom(6 * MIB)
+    async with agent_client(app, world.agent_token) as agent:
+        run_id = await running(client, agent, world, DIRECT)
+        ticket = await ticket_for(agent, run_id, weights)
+        etags = await put_parts(s3, ticket, weights)
+        # Credentials S3 refuses (rotated under the API, say): the store's trouble, never a 500.
+        store.presigner = Presigner(signer.endpoint, signer.bucket, signer.region, Credentials("no", "no"))
+        asked = {"sha256": sha(weights), "size": len(weights)}
+        refused = await agent.post(f"/runs/{run_id}/outputs/uploads", json=asked)
+        problem(refused, 503, "blob_store_unavailable")
+        route = f"/runs/{run_id}/outputs/artifacts/weights.bin"
+        body = report(weights, ticket["upload_id"], etags)
+        problem(await agent.put(route, json=body), 503, "blob_store_unavailable")
+        # The signer back: the same report completes the upload that is still open.
+        store.presigner = signer
+        ok(await agent.put(route, json=body))
+    listed = ok(await client.get(f"/projects/{world.project}/runs/{run_id}/artifacts"))
+    assert [a["path"] for a in listed] == ["weights.bin"]
