@@ -23,7 +23,9 @@ import pytest
 from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_cli import Server, serving, trainyard_api
 from tests.conftest import ADMIN_TOKEN
+from tests.s3 import S3Server, new_prefix, s3_server
 
+__all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 CONFIG = Path(__file__).with_name("generator.yaml")
 PACKAGE = "trainyard_sdk"
@@ -230,3 +232,45 @@ def test_the_primo_flow_through_the_generated_sdk(sdk: ModuleType, server: Serve
     results = runs_results_get.sync(name, run_id, client=client)
     assert results.parameters.inputs.package == "digits"
     assert results.run_summary.outputs.version == "1.1"
+
+
+@pytest.fixture(scope="module")
+def s3_served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The same API on a real SeaweedFS (tests/s3.py), its downloads answered 307 to the bucket."""
+    s3: S3Server = request.getfixturevalue("s3_server")
+    root = tmp_path_factory.mktemp("sdk-api-s3")
+    settings = {
+        "bootstrap_token": ADMIN_TOKEN,
+        "blob_store": s3.url(new_prefix()),
+        "s3_endpoint_url": s3.endpoint,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in s3.environment().items():  # the API's S3 client reads these
+            patch.setenv(variable, value)
+        migrated = trainyard_api(root, "migrate", **settings)
+        assert migrated.returncode == 0, migrated.stderr
+        with serving(root, **settings) as served:
+            yield served
+
+
+def test_a_download_on_s3_follows_the_redirect_when_asked(sdk: ModuleType, s3_served: Server) -> None:
+    """docs/clients.md: a generated client made with `follow_redirects=True` gets the file from the
+    bucket; without it, the 307 and its `Location`."""
+    from trainyard_sdk.api.packages import packages_versions_download, packages_versions_upload
+    from trainyard_sdk.api.projects import projects_create
+    from trainyard_sdk.models import PackagesVersionsUploadBody, ProjectCreate
+    from trainyard_sdk.types import File
+
+    following = sdk.AuthenticatedClient(
+        base_url=s3_served.base_url, token=ADMIN_TOKEN, follow_redirects=True, raise_on_unexpected_status=True
+    )
+    projects_create.sync(client=following, body=ProjectCreate(name="sdk-s3"))
+    content = zip_bytes(valid_package(parameters=None))
+    body = PackagesVersionsUploadBody(file=File(payload=BytesIO(content), file_name="p.zip"))
+    packages_versions_upload.sync("sdk-s3", "p", client=following, body=body)
+
+    got = packages_versions_download.sync("sdk-s3", "p", "1.0", client=following)
+    assert isinstance(got, File) and got.payload.read() == content
+    plain = sdk.AuthenticatedClient(base_url=s3_served.base_url, token=ADMIN_TOKEN)
+    answer = packages_versions_download.sync_detailed("sdk-s3", "p", "1.0", client=plain)
+    assert answer.status_code == 307 and "X-Amz-Signature=" in answer.headers["location"]
