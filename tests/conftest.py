@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -118,16 +119,22 @@ def scratch_postgres() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    # The sweeper is parked: tests that need the clock call Sweeper.sweep_once() themselves.
+def settings_for(database_url: str, tmp_path: Path, **fields: Any) -> Settings:
+    """The tests' settings: a data dir in `tmp_path`, the admin's token, the sweeper parked (tests that
+    need the clock call Sweeper.sweep_once() themselves), then `fields` (a module's own)."""
+    fields = {"sweep_interval": 3600, **fields}
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
         secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
+        **fields,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return settings_for(database_url, tmp_path)
 
 
 @pytest.fixture

@@ -71,6 +71,14 @@ class S3Server:
         )
 
 
+def on_s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings' fields for an API on `server`, under a prefix of its own; the credentials go to the
+    environment, where the API's S3 client reads them (docs/storage.md)."""
+    for name, value in server.environment().items():
+        monkeypatch.setenv(name, value)
+    return {"blob_store": server.url(new_prefix()), "s3_endpoint_url": server.endpoint}
+
+
 def new_prefix() -> str:
     return f"test-{uuid.uuid4().hex}"
 

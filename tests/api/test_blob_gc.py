@@ -33,8 +33,8 @@ from api.runs.sweeper import lock_key
 from api.storage.collector import JOB, BlobCollector, CollectionReport, blob_referrers
 from tests.api.packages_kit import upload_package, valid_package, versions_path, zip_bytes
 from tests.api.world import ok, problem
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.s3 import new_prefix, s3_server
+from tests.conftest import SECRET_KEY, settings_for
+from tests.s3 import on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -52,22 +52,16 @@ def settings(
     request: pytest.FixtureRequest, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """conftest's settings, on each store; the API's own passes off (tests run theirs)."""
-    fields: dict[str, object] = {}
+    fields: dict[str, str] = {}
     if request.param == "s3":
-        server = request.getfixturevalue("s3_server")
-        for name, value in server.environment().items():  # the S3 client reads its credentials here
-            monkeypatch.setenv(name, value)
-        fields = {"blob_store": server.url(new_prefix()), "s3_endpoint_url": server.endpoint}
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
+        fields = on_s3(request.getfixturevalue("s3_server"), monkeypatch)
+    return settings_for(
+        database_url,
+        tmp_path,
         blob_gc_grace_seconds=GRACE,
         blob_gc_interval_seconds=0,
         s3_redirect_downloads=False,  # downloads streamed, as on the local store: the bytes read here
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -26,8 +26,8 @@ from api.core.errors import InvalidInput, NotFound, PayloadTooLarge
 from api.core.s3blobs import PART_BYTES, S3BlobStore, blob_store
 from tests.api.packages_kit import upload_package, valid_package, versions_path, zip_bytes
 from tests.api.world import ok
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.s3 import S3Server, keys_under, new_prefix, s3_server
+from tests.conftest import settings_for
+from tests.s3 import S3Server, keys_under, new_prefix, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -289,17 +289,7 @@ def settings(
     database_url: str, tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """conftest's settings, on S3: the `app` and `client` fixtures of this module serve from SeaweedFS."""
-    for name, value in s3_server.environment().items():
-        monkeypatch.setenv(name, value)
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
-        blob_store=s3_server.url(new_prefix()),
-        s3_endpoint_url=s3_server.endpoint,
-    )
+    return settings_for(database_url, tmp_path, **on_s3(s3_server, monkeypatch))
 
 
 async def test_packages_and_datasets_land_in_s3(

@@ -32,8 +32,8 @@ from tests.api.world import (
     start_run,
     take_commands,
 )
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.s3 import S3Server, keys_under, new_prefix, s3_server
+from tests.conftest import settings_for
+from tests.s3 import S3Server, keys_under, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -48,18 +48,8 @@ def settings(
     """conftest's settings on S3 (the default here) or on the local folder (`indirect` "local")."""
     store: dict[str, Any] = {}
     if getattr(request, "param", "s3") == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for name, value in server.environment().items():
-            monkeypatch.setenv(name, value)
-        store = {"blob_store": server.url(new_prefix()), "s3_endpoint_url": server.endpoint}
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
-        **store,
-    )
+        store = on_s3(request.getfixturevalue("s3_server"), monkeypatch)
+    return settings_for(database_url, tmp_path, **store)
 
 
 @pytest.fixture

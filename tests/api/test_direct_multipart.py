@@ -28,8 +28,8 @@ from api.core.sigv4 import Credentials, Presigner
 from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_direct_blobs import DIRECT, by_reference, prefix_of, running, sha
 from tests.api.world import agent_client, make_world, ok, problem
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.s3 import S3Server, keys_under, new_prefix, s3_server
+from tests.conftest import settings_for
+from tests.s3 import S3Server, keys_under, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -42,19 +42,12 @@ def settings(
     request: pytest.FixtureRequest, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """conftest's settings on SeaweedFS, parts of 5 MiB."""
-    server: S3Server = request.getfixturevalue("s3_server")
-    for name, value in server.environment().items():
-        monkeypatch.setenv(name, value)
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
-        blob_store=server.url(new_prefix()),
-        s3_endpoint_url=server.endpoint,
+    return settings_for(
+        database_url,
+        tmp_path,
         direct_upload_part_bytes=PART,
         s3_redirect_downloads=False,  # people's downloads streamed: the test reads them back here
+        **on_s3(request.getfixturevalue("s3_server"), monkeypatch),
     )
 
 

@@ -26,10 +26,10 @@ from api.core.downloads import attachment
 from api.core.s3blobs import S3BlobStore
 from tests.api.access_kit import make_member, make_user, member_token, token_for
 from tests.api.world import BASE_PACKAGE_ZIP, agent_client, make_world, ok, report, start_run, take_commands
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN, settings_for
 from tests.console.kit import make_person, sign_in
 from tests.console.test_evaluation import PNG, evaluated_run
-from tests.s3 import S3Server, new_prefix, s3_server
+from tests.s3 import on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -49,19 +49,8 @@ def settings(
     mode = getattr(request, "param", "s3")
     store: dict[str, Any] = {}
     if mode != "local":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for name, value in server.environment().items():
-            monkeypatch.setenv(name, value)
-        store = {"blob_store": server.url(new_prefix()), "s3_endpoint_url": server.endpoint}
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-        secret_key=SECRET_KEY,  # type: ignore[arg-type]
-        sweep_interval=3600,
-        s3_redirect_downloads=mode != "streamed",
-        **store,
-    )
+        store = on_s3(request.getfixturevalue("s3_server"), monkeypatch)
+    return settings_for(database_url, tmp_path, s3_redirect_downloads=mode != "streamed", **store)
 
 
 @pytest.fixture
