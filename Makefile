@@ -41,11 +41,12 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile.api
 	$(BIN)/hadolint Dockerfile.agent
 
-# pytest-xdist workers, one per CPU up to 4 (each holds its databases and servers; more would crowd a
-# shared PostgreSQL's connections; one more than the CPUs was tried and was slower: docs/testing.md);
-# TEST_WORKERS=0 runs in this one process. A test file stays on one worker (--dist loadfile), so a
-# module's real API, agent or browser is started once.
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
+# pytest-xdist workers: one more than the CPUs, up to 4 (each holds its databases and servers; more
+# would crowd a shared PostgreSQL's connections); TEST_WORKERS=0 runs in this one process. The extra
+# worker fills the time the others wait on an agent, a server or a browser: with one per CPU on 2
+# cores the suite kept 1.2 cores busy (docs/testing.md). A test file stays on one worker
+# (--dist loadfile), so a module's real API, agent or browser is started once.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, (os.cpu_count() or 1) + 1))")
 
 # Exit code 5 is pytest's "no tests collected": a failure like any other, named so nobody misreads it.
 test: lint
