@@ -208,10 +208,7 @@ class S3BlobStore(BlobStore):
         return self.presigner.url("GET", self.whole_key(self.key_of(sha256)), expires, query=query)
 
     def download_origin(self) -> str | None:
-        if self.presigner is None:
-            return None
-        scheme, _, rest = self.presigner.endpoint.partition("://")
-        return f"{scheme}://{rest.partition('/')[0]}"
+        return None if self.presigner is None else self.presigner.origin
 
     # Direct uploads (docs/storage.md, "Presigned URLs"): an agent PUTs an output to a key of its own
     # upload, never to a blob's key, and the API moves it under its hash once checked.

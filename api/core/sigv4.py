@@ -121,6 +121,12 @@ class Presigner:
         credentials = Credentials(access_key, secret_key, os.environ.get("AWS_SESSION_TOKEN") or None)
         return cls(origin, bucket, region, credentials)
 
+    @property
+    def origin(self) -> str:
+        """`scheme://host[:port]` of the endpoint: where every URL it signs points."""
+        scheme, _, rest = self.endpoint.partition("://")
+        return f"{scheme}://{rest.partition('/')[0]}"
+
     def url(
         self,
         method: str,
@@ -132,12 +138,11 @@ class Presigner:
         now: datetime | None = None,
     ) -> str:
         """`key` is the object's whole key in the bucket (the store's prefix included)."""
-        origin, _, base = self.endpoint.partition("://")
-        host, _, base_path = base.partition("/")
+        base_path = self.endpoint.removeprefix(self.origin).strip("/")
         path = f"/{base_path}/" if base_path else "/"
         return presigned_url(
             method,
-            f"{origin}://{host}",
+            self.origin,
             f"{path}{self.bucket}/{key}",
             region=self.region,
             credentials=self.credentials,
