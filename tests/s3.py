@@ -20,11 +20,12 @@ import subprocess
 import sysconfig
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import obstore
 import pytest
 from obstore.exceptions import BaseError
@@ -77,6 +78,14 @@ def on_s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name, value in server.environment().items():
         monkeypatch.setenv(name, value)
     return {"blob_store": server.url(new_prefix()), "s3_endpoint_url": server.endpoint}
+
+
+@pytest.fixture
+async def s3() -> AsyncIterator[httpx.AsyncClient]:
+    """What follows a presigned URL: a client of its own, with no token (a part of a multipart upload
+    may take a while: 60 s)."""
+    async with httpx.AsyncClient(follow_redirects=False, timeout=60) as http:
+        yield http
 
 
 def new_prefix() -> str:

@@ -8,7 +8,6 @@ presigned requests through a plain client that holds no token.
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from tests.api.world import (
     take_commands,
 )
 from tests.conftest import settings_for
-from tests.s3 import S3Server, keys_under, on_s3, s3_server
+from tests.s3 import S3Server, keys_under, on_s3, s3, s3_server
 
-__all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
+__all__ = ["s3", "s3_server"]  # fixtures of tests/s3.py: its client and the session's SeaweedFS
 
 DIRECT = {"agent_version": "0.9.0", "capabilities": ["direct_blobs"]}
 OLD = {"agent_version": "0.8.0"}  # an agent of before: says nothing of the kind
@@ -50,13 +49,6 @@ def settings(
     if getattr(request, "param", "s3") == "s3":
         store = on_s3(request.getfixturevalue("s3_server"), monkeypatch)
     return settings_for(database_url, tmp_path, **store)
-
-
-@pytest.fixture
-async def s3() -> AsyncIterator[httpx.AsyncClient]:
-    """What follows a presigned URL: a client of its own, with no token."""
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        yield http
 
 
 def sha(content: bytes) -> str:

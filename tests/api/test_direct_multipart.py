@@ -10,7 +10,6 @@ app in process, the presigned requests through a plain client that holds no toke
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_direct_blobs import DIRECT, by_reference, prefix_of, running, sha
 from tests.api.world import agent_client, make_world, ok, problem
 from tests.conftest import settings_for
-from tests.s3 import S3Server, keys_under, on_s3, s3_server
+from tests.s3 import S3Server, keys_under, on_s3, s3, s3_server
 
-__all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
+__all__ = ["s3", "s3_server"]  # fixtures of tests/s3.py: its client and the session's SeaweedFS
 
 MIB = 1024**2
 PART = 5 * MIB
@@ -49,12 +48,6 @@ def settings(
         s3_redirect_downloads=False,  # people's downloads streamed: the test reads them back here
         **on_s3(request.getfixturevalue("s3_server"), monkeypatch),
     )
-
-
-@pytest.fixture
-async def s3() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, timeout=60) as http:
-        yield http
 
 
 def store_of(app: FastAPI) -> S3BlobStore:

@@ -29,9 +29,9 @@ from tests.api.world import BASE_PACKAGE_ZIP, agent_client, make_world, ok, repo
 from tests.conftest import ADMIN_TOKEN, settings_for
 from tests.console.kit import make_person, sign_in
 from tests.console.test_evaluation import PNG, evaluated_run
-from tests.s3 import on_s3, s3_server
+from tests.s3 import on_s3, s3, s3_server
 
-__all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
+__all__ = ["s3", "s3_server"]  # fixtures of tests/s3.py: its client and the session's SeaweedFS
 
 # Quotes, a parameter of its own and more than ASCII: only RFC 6266's encoded form. A route's path
 # holds no line break (Starlette's `path` matches none); the store's URL is given one below.
@@ -51,13 +51,6 @@ def settings(
     if mode != "local":
         store = on_s3(request.getfixturevalue("s3_server"), monkeypatch)
     return settings_for(database_url, tmp_path, s3_redirect_downloads=mode != "streamed", **store)
-
-
-@pytest.fixture
-async def s3() -> AsyncIterator[httpx.AsyncClient]:
-    """What follows a presigned URL: a client of its own, with no token."""
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        yield http
 
 
 def sha(content: bytes) -> str:

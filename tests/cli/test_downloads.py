@@ -22,7 +22,7 @@ from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_cli import Server, serving, trainyard_api
 from tests.cli.kit import Cli, cli_for, ok
 from tests.conftest import ADMIN_TOKEN
-from tests.s3 import S3Server, new_prefix, s3_server
+from tests.s3 import S3Server, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -38,15 +38,12 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
 ) -> Iterator[Server]:
     root = tmp_path_factory.mktemp(f"cli-downloads-{request.param}")
-    settings = {
-        "bootstrap_token": ADMIN_TOKEN,
-        "blob_store": s3_server.url(new_prefix()),
-        "s3_endpoint_url": s3_server.endpoint,
-        "s3_redirect_downloads": str(request.param == "redirect").lower(),
-    }
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3_server.environment().items():  # the API's S3 client reads these
-            patch.setenv(name, value)
+        settings = {
+            "bootstrap_token": ADMIN_TOKEN,
+            "s3_redirect_downloads": str(request.param == "redirect").lower(),
+            **on_s3(s3_server, patch),
+        }
         migrated = trainyard_api(root, "migrate", **settings)
         assert migrated.returncode == 0, migrated.stderr
         with serving(root, **settings) as running:

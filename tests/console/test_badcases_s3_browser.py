@@ -18,7 +18,7 @@ from tests.api.test_cli import Server, serving, trainyard_api
 from tests.console.browser import SETTINGS, Watch, sign_in
 from tests.console.kit import PASSWORD
 from tests.e2e.harness import public_tempdir
-from tests.s3 import S3Server, new_prefix, s3_server
+from tests.s3 import S3Server, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 
@@ -42,10 +42,8 @@ def ok(response: httpx.Response) -> Any:
 @pytest.fixture(scope="module")
 def server(s3_server: S3Server) -> Iterator[Server]:
     root = public_tempdir("trainyard-console-s3-")
-    settings = {**SETTINGS, "blob_store": s3_server.url(new_prefix()), "s3_endpoint_url": s3_server.endpoint}
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3_server.environment().items():  # the API's S3 client reads these
-            patch.setenv(name, value)
+        settings = {**SETTINGS, **on_s3(s3_server, patch)}
         migrated = trainyard_api(root, "migrate", **settings)
         assert migrated.returncode == 0, migrated.stderr
         with serving(root, **settings) as running:

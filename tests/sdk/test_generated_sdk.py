@@ -23,7 +23,7 @@ import pytest
 from tests.api.packages_kit import valid_package, zip_bytes
 from tests.api.test_cli import Server, serving, trainyard_api
 from tests.conftest import ADMIN_TOKEN
-from tests.s3 import S3Server, new_prefix, s3_server
+from tests.s3 import S3Server, on_s3, s3_server
 
 __all__ = ["s3_server"]  # the session's SeaweedFS, a fixture of tests/s3.py
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
@@ -239,14 +239,8 @@ def s3_served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
     """The same API on a real SeaweedFS (tests/s3.py), its downloads answered 307 to the bucket."""
     s3: S3Server = request.getfixturevalue("s3_server")
     root = tmp_path_factory.mktemp("sdk-api-s3")
-    settings = {
-        "bootstrap_token": ADMIN_TOKEN,
-        "blob_store": s3.url(new_prefix()),
-        "s3_endpoint_url": s3.endpoint,
-    }
     with pytest.MonkeyPatch.context() as patch:
-        for variable, value in s3.environment().items():  # the API's S3 client reads these
-            patch.setenv(variable, value)
+        settings = {"bootstrap_token": ADMIN_TOKEN, **on_s3(s3, patch)}
         migrated = trainyard_api(root, "migrate", **settings)
         assert migrated.returncode == 0, migrated.stderr
         with serving(root, **settings) as served:
