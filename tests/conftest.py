@@ -66,6 +66,17 @@ def _pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """The umask as it was before each test, after it. A test that runs `trainyard-api` in this process
+    (api.cli.main) leaves the service's private umask (077) behind, and what this worker wrote next was
+    unreadable to other users: a session's slurm.conf, started later, refused TRAINYARD_RUN_AS's sbatch."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("schema") / "template.db"

@@ -193,6 +193,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     node = socket.gethostname().split(".")[0]
     conf = folder / "slurm.conf"
     conf.write_text(slurm_conf(folder, node, os.cpu_count() or 1, ctld_port, slurmd_port))
+    os.chmod(conf, 0o644)  # whatever the umask: a job's user's sbatch reads it
     cluster = SlurmCluster(folder, conf, node, os.cpu_count() or 1)
     try:
         _start(
