@@ -7,6 +7,7 @@ PostgreSQL is TRAINYARD_TEST_POSTGRES_URL's server, else the default address's, 
 this session starts and removes (`pytest_configure` below, docs/testing.md).
 """
 
+import gc
 import os
 import shutil
 import uuid
@@ -47,6 +48,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(_private_postgres.stop)
     POSTGRES_URL = os.environ["TRAINYARD_TEST_POSTGRES_URL"] = _private_postgres.url
     config.add_cleanup(lambda: os.environ.pop("TRAINYARD_TEST_POSTGRES_URL", None))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection built (every module, the app's models, FastAPI's and pydantic's schemas) frozen
+    out of the garbage collector's reach, and young objects collected less often: a full collection
+    walked that whole heap every few tests, a fifth of tests/api/test_package_refusals.py's time on
+    SQLite (111 s, 98 s with the freeze, 90 s with both). Cycles still get collected, just less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def pytest_report_header() -> str:
