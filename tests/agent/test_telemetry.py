@@ -30,7 +30,7 @@ from api.models.telemetry import RunTelemetry as TelemetryRow
 from tests.agent.shipper_process import folder_of, settings
 from tests.agent.test_client import agent_settings
 from tests.agent.test_runtime import RUNNER
-from tests.api.test_cli import COMMAND, Server, _env, _free_port, trainyard_api
+from tests.api.test_cli import COMMAND, Server, _env, _free_port, migrate
 from tests.api.world import World, agent_client, make_world, ok, report, start_run, take_commands
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
@@ -151,7 +151,7 @@ def wait_for(condition: Any) -> None:
 
 @pytest.fixture
 def cwd(tmp_path: Path) -> Path:
-    assert trainyard_api(tmp_path, "migrate").returncode == 0
+    migrate(tmp_path)
     return tmp_path
 
 

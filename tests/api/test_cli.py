@@ -1,11 +1,14 @@
 """`trainyard-api` as an operator runs it: real processes, a real server, real HTTP; no mocks."""
 
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -45,6 +48,31 @@ def trainyard_api(cwd: Path, *args: str, **settings: str) -> subprocess.Complete
         text=True,
         timeout=COMMAND_TIMEOUT,
     )
+
+
+# Settings that put the data somewhere other than `data/`: `migrate` always runs for them.
+_ELSEWHERE = {"database_url", "blob_store", "data_dir"}
+_migrated: dict[tuple[tuple[str, str], ...], Path] = {}
+
+
+def migrate(cwd: Path, **settings: str) -> None:
+    """`cwd/data` as `trainyard-api migrate` leaves it (the schema, the base packages' blobs), for a
+    server a test starts. The first time for these settings in this process the command runs; after,
+    `cwd/data` is a copy of what it made: a run costs ~3 s of a CPU, paid for every server the suite
+    starts. On another database or blob store, or over an existing `data/`, it always runs."""
+    key = tuple(sorted(settings.items()))
+    template = _migrated.get(key)
+    if template is None or settings.keys() & _ELSEWHERE or (cwd / "data").exists():
+        migrated = trainyard_api(cwd, "migrate", **settings)
+        assert migrated.returncode == 0, migrated.stderr
+        if settings.keys() & _ELSEWHERE or key in _migrated:
+            return
+        template = Path(tempfile.mkdtemp(prefix="trainyard-migrated-"))
+        shutil.copytree(cwd / "data", template / "data", symlinks=True)
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
+        _migrated[key] = template
+        return
+    shutil.copytree(template / "data", cwd / "data", symlinks=True)
 
 
 def _free_port() -> int:

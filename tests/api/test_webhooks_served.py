@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.api.receiver import Received, receiving
-from tests.api.test_cli import http, serving, trainyard_api
+from tests.api.test_cli import http, migrate, serving, trainyard_api
 from tests.api.world import ok
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
@@ -44,8 +44,7 @@ async def _seed(admin: Any, receiver_url: str) -> tuple[dict[str, Any], list[str
 
 
 async def test_a_delivery_pending_when_the_api_is_killed_is_sent_after_its_restart(tmp_path: Path) -> None:
-    migrated = trainyard_api(tmp_path, "migrate", **SETTINGS)
-    assert migrated.returncode == 0, migrated.stderr
+    migrate(tmp_path, **SETTINGS)
     port = _unused_port()  # nothing listens there yet: the first attempts fail
     with serving(tmp_path, **SETTINGS) as server:
         async with http(f"{server.base_url}/api/v1", ADMIN_TOKEN) as admin:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.api.test_cli import Server, serving, trainyard_api
+from tests.api.test_cli import Server, migrate, serving
 from tests.conftest import ADMIN_TOKEN, POSTGRES_URL, SECRET_KEY
 
 _SCRIPT = Path(sys.executable).with_name("trainyard")
@@ -72,8 +72,7 @@ def api_server(root: Path, database: str) -> Iterator[Server]:
             admin.execute(f'CREATE DATABASE "{name}"')
         settings |= {"database_url": f"{POSTGRES_URL.rpartition('/')[0]}/{name}", "secret_key": SECRET_KEY}
     try:
-        migrated = trainyard_api(root, "migrate", **settings)
-        assert migrated.returncode == 0, migrated.stderr
+        migrate(root, **settings)
         with serving(root, **settings) as server:
             yield server
     finally:

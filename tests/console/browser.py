@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from api.console.vendor import VENDOR
-from tests.api.test_cli import Server, serving, trainyard_api
+from tests.api.test_cli import Server, migrate, serving
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.console.kit import PASSWORD
 
@@ -95,8 +95,7 @@ def accessible(page: Any) -> None:
 def console_api(cwd: Path) -> Iterator[tuple[Server, httpx.Client]]:
     """A migrated, served API on SQLite in `cwd`, and a REST client of its bootstrap administrator to
     seed what a test module looks at (`/api/v1` is its base URL)."""
-    migrated = trainyard_api(cwd, "migrate", **SETTINGS)
-    assert migrated.returncode == 0, migrated.stderr
+    migrate(cwd, **SETTINGS)
     with serving(cwd, **SETTINGS) as running:
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         with httpx.Client(base_url=f"{running.base_url}/api/v1", headers=admin, timeout=30) as api:

@@ -29,7 +29,7 @@ import httpx
 from agent.run_process import command_lines, process_start_time
 from tests.api.packages_kit import zip_bytes
 from tests.api.test_cli import COMMAND as API_COMMAND
-from tests.api.test_cli import Server, serving, trainyard_api
+from tests.api.test_cli import Server, migrate, serving
 from tests.api.test_cli import _env as api_env
 from tests.api.world import ok
 from tests.conftest import ADMIN_TOKEN
@@ -324,8 +324,7 @@ API_SETTINGS = {"bootstrap_token": ADMIN_TOKEN, "start_timeout": "60", "sweep_in
 
 @contextmanager
 def _api(root: Path, **settings: str) -> Iterator[Server]:
-    migrated = trainyard_api(root, "migrate", **API_SETTINGS, **settings)
-    assert migrated.returncode == 0, migrated.stderr
+    migrate(root, **API_SETTINGS, **settings)
     with serving(root, **API_SETTINGS, **settings) as server:
         yield server
 

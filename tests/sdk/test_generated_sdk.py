@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.api.packages_kit import valid_package, zip_bytes
-from tests.api.test_cli import Server, serving, trainyard_api
+from tests.api.test_cli import Server, migrate, serving, trainyard_api
 from tests.conftest import ADMIN_TOKEN
 from tests.s3 import S3Server, on_s3, s3_server
 
@@ -41,8 +41,7 @@ OPTIONS = (
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("sdk-api")
-    migrated = trainyard_api(root, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
+    migrate(root)
     with serving(root, bootstrap_token=ADMIN_TOKEN) as served:
         yield served
 
