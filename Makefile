@@ -45,13 +45,15 @@ lint: $(STAMP)
 # would crowd a shared PostgreSQL's connections); TEST_WORKERS=0 runs in this one process. The extra
 # worker fills the time the others wait on an agent, a server or a browser: with one per CPU on 2
 # cores the suite kept 1.2 cores busy (docs/testing.md). A test file stays on one worker
-# (--dist loadfile), so a module's real API, agent or browser is started once.
+# (--dist loadfile), so a module's real API, agent or browser is started once; files are handed out
+# longest first (tests/conftest.py orders them; --no-loadscope-reorder keeps xdist from re-sorting
+# them by their number of tests, which dealt the few-test, minutes-long e2e files out last).
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, (os.cpu_count() or 1) + 1))")
 
 # Exit code 5 is pytest's "no tests collected": a failure like any other, named so nobody misreads it.
 test: lint
-	@echo "$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)"
-	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || { code=$$?; \
+	@echo "$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)"
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) || { code=$$?; \
 		if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$code; }
 
 # The one-command start (examples/up.py): migrate, serve, register the machine `local`, run its agent,

@@ -50,6 +50,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: os.environ.pop("TRAINYARD_TEST_POSTGRES_URL", None))
 
 
+# Dispatched first (pytest-xdist hands files out in collection order, `--dist loadfile`): the longest
+# files, so that none of them starts last and runs on alone while the other workers are idle.
+_LONGEST_FIRST = (
+    "tests/e2e/test_slurm.py",
+    "tests/api/test_package_refusals.py",
+    "tests/api/test_schemathesis.py",
+    "tests/e2e/",
+    "tests/console/",
+    "tests/cli/",
+)
+
+
+def _dispatch_rank(item: pytest.Item) -> int:
+    path = item.path.relative_to(item.config.rootpath).as_posix()
+    return next(
+        (rank for rank, prefix in enumerate(_LONGEST_FIRST) if path.startswith(prefix)), len(_LONGEST_FIRST)
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_dispatch_rank)  # stable: a file's tests keep their order
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection built (every module, the app's models, FastAPI's and pydantic's schemas) frozen
     out of the garbage collector's reach, and young objects collected less often: a full collection
