@@ -77,7 +77,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection built (every module, the app's models, FastAPI's and pydantic's schemas) frozen
     out of the garbage collector's reach, and young objects collected less often: a full collection
     walked that whole heap every few tests, a fifth of tests/api/test_package_refusals.py's time on
-    SQLite (111 s, 98 s with the freeze, 90 s with both). Cycles still get collected, just less often."""
+    SQLite (111 s, 98 s with the freeze, 85 s with both). Cycles still get collected, just less often."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)

@@ -61,18 +61,17 @@ def migrate(cwd: Path, **settings: str) -> None:
     `cwd/data` is a copy of what it made: a run costs ~3 s of a CPU, paid for every server the suite
     starts. On another database or blob store, or over an existing `data/`, it always runs."""
     key = tuple(sorted(settings.items()))
-    template = _migrated.get(key)
-    if template is None or settings.keys() & _ELSEWHERE or (cwd / "data").exists():
-        migrated = trainyard_api(cwd, "migrate", **settings)
-        assert migrated.returncode == 0, migrated.stderr
-        if settings.keys() & _ELSEWHERE or key in _migrated:
-            return
+    template = _migrated.get(key)  # never one for settings _ELSEWHERE
+    if template is not None and not (cwd / "data").exists():
+        shutil.copytree(template / "data", cwd / "data", symlinks=True)
+        return
+    migrated = trainyard_api(cwd, "migrate", **settings)
+    assert migrated.returncode == 0, migrated.stderr
+    if template is None and not settings.keys() & _ELSEWHERE:
         template = Path(tempfile.mkdtemp(prefix="trainyard-migrated-"))
         shutil.copytree(cwd / "data", template / "data", symlinks=True)
         atexit.register(shutil.rmtree, template, ignore_errors=True)
         _migrated[key] = template
-        return
-    shutil.copytree(template / "data", cwd / "data", symlinks=True)
 
 
 def _free_port() -> int:
